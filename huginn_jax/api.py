@@ -1,0 +1,186 @@
+"""The functional API (DESIGN.md section 2): pure functions of (params, inputs) with the config as static data.
+
+``params`` is a nested dict of arrays (the pure-dict form of the NNX module state). Inside each call the NNX
+module is rebuilt from a cached graph definition, so everything here works under ``jax.jit``, ``jax.grad`` and
+``jax.vmap`` and on sharded arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from huginn_jax import config as config_lib
+from huginn_jax.layers import causal_mask
+from huginn_jax.model import Huginn, iterate
+
+Array = jax.Array
+Params = dict[str, Any]
+IGNORE_INDEX = -100
+
+
+class ForwardOutput(NamedTuple):
+  logits: Array  # [B, S, V] float32
+  latents: Array  # [B, S, d]: the final recurrent state after ln_f
+
+
+def _frozen(config) -> ml_collections.FrozenConfigDict:
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return config
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise TypeError(f"config must be an ml_collections.ConfigDict (from hj.get_config), got {type(config).__name__}.")
+  return ml_collections.FrozenConfigDict(config)
+
+
+@functools.lru_cache(maxsize=32)
+def _graph(config: ml_collections.FrozenConfigDict):
+  """Graph definition and abstract state of the model for a config (no arrays allocated)."""
+  abstract = nnx.eval_shape(lambda: Huginn(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  return graphdef, state
+
+
+def abstract_params(config) -> Params:
+  """Shapes and dtypes of the params (``jax.ShapeDtypeStruct`` leaves), without allocating them."""
+  _, state = _graph(_frozen(config))
+  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state.to_pure_dict())
+
+
+def logical_axes(config) -> Params:
+  """The logical axis names of every parameter, as a pytree of tuples shaped like the params."""
+  _, state = _graph(_frozen(config))
+  axes = nnx.get_partition_spec(state).to_pure_dict()
+  return jax.tree.map(tuple, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def model_from_params(params: Params, config) -> Huginn:
+  """The NNX module holding ``params`` (no copy); used inside traced functions."""
+  graphdef, abstract = _graph(_frozen(config))
+  state = jax.tree.map(lambda x: x, abstract)  # a fresh State container to fill
+  try:
+    nnx.replace_by_pure_dict(state, params)
+  except (KeyError, ValueError) as err:
+    raise ValueError(f"params do not match the config {config.name!r}: {err}") from err
+  return nnx.merge(graphdef, state)
+
+
+def init(config, key: Array) -> Params:
+  """Random params for ``config``, with the original's init scheme (std sqrt(2/5d), scaled output layers)."""
+  frozen = _frozen(config_lib.validate(config) if isinstance(config, ml_collections.ConfigDict) else config)
+
+  @jax.jit
+  def _init(key):
+    return nnx.state(Huginn(frozen, rngs=nnx.Rngs(params=key)), nnx.Param).to_pure_dict()
+
+  return _init(key)
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_tokens(tokens, config) -> Array:
+  tokens = jnp.asarray(tokens) if _is_concrete(tokens) else tokens
+  if tokens.ndim != 2:
+    raise ValueError(f"token_ids must be [batch, seq] integers, got shape {tokens.shape}; add a batch axis.")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"token_ids must be integers, got dtype {tokens.dtype}.")
+  if tokens.shape[1] > config.max_seq_len:
+    raise ValueError(f"sequence length {tokens.shape[1]} exceeds config.max_seq_len={config.max_seq_len} (the RoPE "
+                     "table of the original); truncate the input or raise max_seq_len.")
+  if _is_concrete(tokens) and tokens.size:
+    lo, hi = int(np.min(np.asarray(tokens))), int(np.max(np.asarray(tokens)))
+    if lo < 0 or hi >= config.vocab_size:
+      bad = lo if lo < 0 else hi
+      raise ValueError(f"token id {bad} is out of the vocabulary [0, {config.vocab_size}); check the tokenizer "
+                       "matches the model.")
+  return tokens.astype(jnp.int32)
+
+
+def _attention_mask(batch: int, seq: int, attention_mask: Array | None) -> Array:
+  mask = causal_mask(seq, seq)
+  if attention_mask is not None:
+    if attention_mask.shape != (batch, seq):
+      raise ValueError(f"attention_mask must be [batch, seq] = {(batch, seq)}, got {attention_mask.shape}.")
+    mask = mask & attention_mask.astype(bool)[:, None, None, :]
+  return mask
+
+
+def _prepare(model: Huginn, tokens, positions, attention_mask, initial_state, key, init_scale):
+  """Runs the prelude and builds the initial state; shared by forward and loss."""
+  batch, seq = tokens.shape
+  if positions is None:
+    positions = jnp.arange(seq, dtype=jnp.int32)[None]
+  mask = _attention_mask(batch, seq, attention_mask)
+  e = model.run_prelude(tokens, positions, mask)
+  if initial_state is None:
+    s = model.initial_state(e, key, init_scale)
+  else:
+    if initial_state.shape != e.shape:
+      raise ValueError(f"initial_state must be [batch, seq, d_model] = {e.shape}, got {initial_state.shape}.")
+    s = initial_state.astype(e.dtype)
+  return e, s, positions, mask
+
+
+def _check_steps(num_steps):
+  if isinstance(num_steps, (int, np.integer)) and num_steps < 0:
+    raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+  return num_steps
+
+
+def forward(params: Params, token_ids, *, config, num_steps=None, initial_state: Array | None = None,
+            key: Array | None = None, init_scale: float = 1.0, attention_mask: Array | None = None,
+            positions: Array | None = None) -> ForwardOutput:
+  """Logits and final latents of Huginn after ``num_steps`` recurrences of the core.
+
+  ``num_steps`` defaults to ``config.mean_recurrence``; it may be a traced int32 scalar (one compilation serves all
+  values). The initial state is ``initial_state`` if given, else random from ``key`` (zeros when init_scale=0).
+  ``attention_mask`` [B, S] (True = real token) additionally masks padding, which the original does not do.
+  """
+  tokens = _check_tokens(token_ids, config)
+  num_steps = _check_steps(config.mean_recurrence if num_steps is None else num_steps)
+  model = model_from_params(params, config)
+  e, s, positions, mask = _prepare(model, tokens, positions, attention_mask, initial_state, key, init_scale)
+  s = iterate(model.core, s, e, positions, mask, num_steps)
+  latents, logits = model.head(s, positions, mask)
+  return ForwardOutput(logits=logits, latents=latents)
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  """Mean cross-entropy over labels != -100 (float32)."""
+  valid = labels != IGNORE_INDEX
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def loss(params: Params, token_ids, labels, *, config, num_steps=None, initial_state: Array | None = None,
+         key: Array | None = None, init_scale: float = 1.0, max_grad_steps: int | None = None,
+         attention_mask: Array | None = None, remat_policy: str | None = None) -> Array:
+  """Cross-entropy with truncated backprop through the recurrence, as the original trains.
+
+  ``num_steps=(n, k)``: n iterations under ``stop_gradient`` (neither the state nor the injected prelude output
+  carries gradient there), then k with gradient. A plain int means (0, num_steps). n may be traced; a traced k
+  needs ``max_grad_steps`` (the static length of the masked gradient scan, default ``config.mean_backprop_depth``).
+  """
+  tokens = _check_tokens(token_ids, config)
+  if num_steps is None:
+    num_steps = (max(config.mean_recurrence - config.mean_backprop_depth, 0), config.mean_backprop_depth)
+  n, k = num_steps if isinstance(num_steps, (tuple, list)) else (0, num_steps)
+  _check_steps(n), _check_steps(k)
+  if not isinstance(k, (int, np.integer)) and max_grad_steps is None:
+    max_grad_steps = config.mean_backprop_depth
+  policy = config.remat_policy if remat_policy is None else remat_policy
+  model = model_from_params(params, config)
+  e, s, positions, mask = _prepare(model, tokens, None, attention_mask, initial_state, key, init_scale)
+  sg = jax.lax.stop_gradient
+  s = sg(iterate(sg(model.core), sg(s), sg(e), positions, mask, n))
+  s = iterate(model.core, s, e, positions, mask, k, max_steps=max_grad_steps, remat_policy=policy)
+  _, logits = model.head(s, positions, mask)
+  return cross_entropy(logits, jnp.asarray(labels))

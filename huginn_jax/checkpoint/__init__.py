@@ -1,0 +1,1 @@
+"""Checkpoint I/O: HF safetensors <-> our params (``hf``), raw safetensors streaming (``safetensors_io``)."""

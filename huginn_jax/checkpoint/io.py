@@ -1,0 +1,206 @@
+"""Loading and saving params: HF directories (read), Orbax directories (read/write), HF export (write).
+
+Every writer builds its output in a temporary sibling directory and renames it into place when complete, so an
+interrupted write never leaves a half-written checkpoint under the target name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from huginn_jax import config as config_lib
+from huginn_jax.checkpoint import hf
+from huginn_jax.checkpoint import safetensors_io
+
+CONFIG_FILE = "huginn_config.json"  # our ConfigDict, in an Orbax checkpoint directory
+PARAMS_DIR = "params"
+
+
+def progress(iterable, total: int, desc: str, enabled: bool = True):
+  """A tqdm progress bar on stderr (silent when disabled or tqdm is missing)."""
+  if not enabled:
+    return iterable
+  try:
+    from tqdm.auto import tqdm
+  except ImportError:
+    return iterable
+  return tqdm(iterable, total=total, desc=desc, unit="tensor", leave=False)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temporary directory that replaces ``path`` only if the block finishes without error."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists; remove it or pass overwrite=True.")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.exists(path):
+      old = f"{path}.old-{os.getpid()}"
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_orbax_dir(path) -> bool:
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def _config_to_json(config) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def _config_from_json(path: str) -> ml_collections.ConfigDict:
+  with open(path) as f:
+    fields = json.load(f)
+  config = config_lib.get_config("tiny")
+  unknown = set(fields) - set(config.keys())
+  if unknown:
+    raise ValueError(f"{path} has unknown config fields {sorted(unknown)}; was it written by a newer huginn-jax?")
+  config.update(fields)
+  return config_lib.validate(config)
+
+
+def _dtype_override(config, dtype):
+  if dtype is not None:
+    config.param_dtype = jnp.dtype(dtype).name
+  return config
+
+
+def _put(array: np.ndarray, sharding) -> jax.Array:
+  return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
+
+
+def load_hf(path, dtype=None, shardings=None, show_progress: bool = True):
+  """Reads an HF checkpoint directory into (config, params), one tensor at a time.
+
+  ``dtype`` casts the params (default: the checkpoint's own dtype). ``shardings`` (a pytree like the params of
+  ``jax.sharding.Sharding``) places each tensor straight onto its devices, with no full copy in host memory.
+  """
+  source = hf.open_tensors(path)
+  config = hf.config_from_checkpoint(path)
+  table = hf.rules(config)
+  first = source.get(table[0].hf_name)
+  config = _dtype_override(config, dtype if dtype is not None else first.dtype)
+  params: dict[str, Any] = {}
+  for r, w in progress(hf.iter_params(source, config, np.dtype(jnp.dtype(config.param_dtype))), len(table),
+                       "loading", show_progress):
+    target = _at(shardings, r.path)
+    hf.set_path(params, r.path, _put(w, target))
+  return config, params
+
+
+def _at(tree, path):
+  if tree is None:
+    return None
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def save(path, config, params, *, overwrite: bool = False) -> str:
+  """Writes (config, params) as an Orbax checkpoint directory, atomically. Returns the path."""
+  import orbax.checkpoint as ocp
+  with atomic_dir(path, overwrite) as tmp:
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+      f.write(_config_to_json(config))
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, PARAMS_DIR), _str_keys(params))
+      ckptr.wait_until_finished()
+  return os.path.abspath(path)
+
+
+def _str_keys(tree):
+  if isinstance(tree, dict):
+    return {str(k): _str_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def _int_keys(tree, like):
+  if isinstance(like, dict):
+    return {k: _int_keys(tree[str(k)], v) for k, v in like.items()}
+  return tree
+
+
+def load_orbax(path, dtype=None, shardings=None):
+  """Reads an Orbax directory written by ``save`` (or ``huginn-jax convert``) into (config, params)."""
+  import orbax.checkpoint as ocp
+  from huginn_jax import api
+  config = _config_from_json(os.path.join(path, CONFIG_FILE))
+  stored = config.param_dtype
+  config = _dtype_override(config, dtype)
+  abstract = api.abstract_params(config)
+  if shardings is not None:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  else:
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(os.path.join(os.path.abspath(path), PARAMS_DIR), _str_keys(abstract))
+  del stored
+  return config, _int_keys(restored, abstract)
+
+
+def load(path, dtype=None, shardings=None):
+  """``hj.load``: an HF directory (config.json + safetensors or a .pth/.bin) or an Orbax directory of ours."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No checkpoint at {path}.")
+  if is_orbax_dir(path):
+    return load_orbax(path, dtype, shardings)
+  return load_hf(path, dtype, shardings)
+
+
+def export_hf(path, config, params, *, dtype=None, max_shard_bytes: int = 5 << 30, overwrite: bool = False,
+              show_progress: bool = True) -> str:
+  """Writes params as an HF directory the original PyTorch code loads: config.json + safetensors (sharded with an
+  index above ``max_shard_bytes``), in the original's names and torch layout, streamed one tensor at a time."""
+  out_dtype = np.dtype(jnp.dtype(dtype if dtype is not None else config.param_dtype))
+  table = hf.rules(config)
+  shapes = {r.hf_name: (r.hf_shape, out_dtype) for r in table}
+  shapes["freqs_cis"] = (hf.freqs_cis(config).shape, np.dtype(np.float32))
+  shards, current, size = [], {}, 0
+  for name, (shape, dt) in shapes.items():
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    if current and size + nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = (shape, dt)
+    size += nbytes
+  shards.append(current)
+  names = ([f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+           if len(shards) > 1 else ["model.safetensors"])
+  tensors = ((n, w if n == "freqs_cis" else w.astype(out_dtype)) for n, w in hf.iter_hf_tensors(params, config))
+  tensors = iter(progress(tensors, len(shapes), "exporting", show_progress))
+  with atomic_dir(path, overwrite) as tmp:
+    hf_config = config_lib.to_hf_config(config)
+    hf_config["torch_dtype"] = out_dtype.name
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2)
+    weight_map = {}
+    for shard, name in zip(shards, names):
+      chunk = (next(tensors) for _ in range(len(shard)))
+      safetensors_io.write(os.path.join(tmp, name), chunk, shapes=shard, metadata={"format": "pt"})
+      weight_map.update({k: name for k in shard})
+    if len(shards) > 1:
+      total = sum(int(np.prod(s)) * d.itemsize for s, d in shapes.values())
+      with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  return os.path.abspath(path)

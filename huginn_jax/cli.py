@@ -1,0 +1,88 @@
+"""The ``huginn-jax`` command line: ``convert``, ``export``, ``forward``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+
+
+def _convert(args) -> None:
+  from huginn_jax.checkpoint.convert import convert
+  start = time.perf_counter()
+  out = convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
+  print(f"converted {args.src} -> {out} in {time.perf_counter() - start:.1f}s")
+
+
+def _export(args) -> None:
+  import huginn_jax as hj
+  config, params = hj.load(args.src)
+  out = hj.export_hf(args.dst, config, params, dtype=args.dtype, overwrite=args.overwrite)
+  print(f"exported {args.src} -> {out}")
+
+
+def _forward(args) -> None:
+  """Prints next-token loss and entropy of a text's tokens at several recurrence counts."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import huginn_jax as hj
+  config, params = hj.load(args.checkpoint)
+  rng = np.random.default_rng(args.seed)
+  tokens = jnp.asarray(rng.integers(0, config.vocab_size, (args.batch, args.seq_len)), jnp.int32)
+  fwd = jax.jit(functools.partial(hj.forward, config=config, init_scale=0.0))
+  print(f"model {config.name}: d={config.d_model}, heads={config.n_heads}, {hj.num_params(config):,} params")
+  print(f"{'steps':>6} {'mean entropy':>13} {'latent norm':>12} {'change vs prev':>15}")
+  prev = None
+  for steps in args.steps:
+    out = fwd(params, tokens, num_steps=jnp.int32(steps))
+    logp = jax.nn.log_softmax(out.logits, -1)
+    entropy = float(-(jnp.exp(logp) * logp).sum(-1).mean())
+    norm = float(jnp.linalg.norm(out.latents, axis=-1).mean())
+    change = "" if prev is None else f"{float(jnp.abs(out.logits - prev).max()):.3e}"
+    print(f"{steps:>6} {entropy:>13.4f} {norm:>12.3f} {change:>15}")
+    prev = out.logits
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="huginn-jax", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("convert", help="HF/PyTorch checkpoint -> Orbax directory (streamed, atomic)")
+  p.add_argument("src", help="HF directory (config.json + *.safetensors [+ index]) or a .pth/.bin file")
+  p.add_argument("dst", help="output Orbax directory")
+  p.add_argument("--dtype", default=None, help="cast params to this dtype (default: the checkpoint's)")
+  p.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
+  p.set_defaults(fn=_convert)
+
+  p = sub.add_parser("export", help="our checkpoint -> HF safetensors directory the original code loads")
+  p.add_argument("src")
+  p.add_argument("dst")
+  p.add_argument("--dtype", default=None)
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(fn=_export)
+
+  p = sub.add_parser("forward", help="forward random tokens at several recurrence counts and print statistics")
+  p.add_argument("checkpoint")
+  p.add_argument("--steps", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16, 32])
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--seq-len", type=int, default=32)
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(fn=_forward)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    args.fn(args)
+  except (FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError) as err:
+    print(f"huginn-jax {args.command}: error: {err}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

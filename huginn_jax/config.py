@@ -1,0 +1,253 @@
+"""Model configs: named presets, HF ``config.json`` conversion, and validation.
+
+A config is an ``ml_collections.ConfigDict``. Shape fields describe the network; ``param_dtype`` /
+``compute_dtype`` are the dtype policy (float32 for parity with the original, bfloat16 for speed; norms and
+RoPE always run in float32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable
+
+import ml_collections
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "base"
+  c.vocab_size = 65536  # the padded vocabulary: rows of wte
+  c.d_model = 5280
+  c.n_heads = 55
+  c.head_dim = 96
+  c.intermediate_size = 17920  # fc is [2 * intermediate_size, d] in torch layout (gate | up)
+  c.n_layers_prelude = 2
+  c.n_layers_core = 4
+  c.n_layers_coda = 2
+  c.max_seq_len = 4096
+  c.norm_eps = 1e-6
+  c.rope_base = 50000.0
+  c.qk_bias = True
+  c.tie_embeddings = True
+  c.mean_recurrence = 32
+  c.mean_backprop_depth = 8
+  c.param_dtype = "float32"
+  c.compute_dtype = "float32"
+  c.attention_impl = "xla"  # "xla" | "cudnn" (GPU) | "pallas" (TPU)
+  c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of one recurrence iteration; "none" disables
+  return c
+
+
+def huginn_0125() -> ml_collections.ConfigDict:
+  """The published Huginn-0125 ("nebel-raven-3.5b"): 3,564,976,800 parameters."""
+  c = _base()
+  c.name = "huginn-0125"
+  c.param_dtype = "bfloat16"
+  c.compute_dtype = "bfloat16"
+  return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+  """The shape of the golden test fixture (d=64, 4 heads of 16, vocab 256)."""
+  c = _base()
+  c.name = "tiny"
+  c.vocab_size = 256
+  c.d_model = 64
+  c.n_heads = 4
+  c.head_dim = 16
+  c.intermediate_size = 160
+  c.max_seq_len = 256
+  c.mean_recurrence = 8
+  c.mean_backprop_depth = 4
+  return c
+
+
+def small() -> ml_collections.ConfigDict:
+  """A ~100M-parameter Huginn for laptop experiments and smoke runs on one accelerator."""
+  c = _base()
+  c.name = "small"
+  c.vocab_size = 65536
+  c.d_model = 768
+  c.n_heads = 12
+  c.head_dim = 64
+  c.intermediate_size = 2048
+  c.max_seq_len = 1024
+  c.mean_recurrence = 16
+  c.mean_backprop_depth = 4
+  return c
+
+
+PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
+    "huginn-0125": huginn_0125,
+    "tiny": tiny,
+    "small": small,
+}
+
+
+def get_config(name: str = "huginn-0125", **overrides: Any) -> ml_collections.ConfigDict:
+  """Returns a validated copy of the named preset, with ``overrides`` applied."""
+  if name not in PRESETS:
+    raise ValueError(f"Unknown config preset {name!r}; choose one of {sorted(PRESETS)}.")
+  config = PRESETS[name]()
+  for key, value in overrides.items():
+    if key not in config:
+      raise ValueError(f"Unknown config field {key!r} for preset {name!r}; known fields: {sorted(config.keys())}.")
+    config[key] = value
+  validate(config)
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks a config for internal consistency; raises ``ValueError`` naming the field and the fix."""
+  positive = ("vocab_size", "d_model", "n_heads", "head_dim", "intermediate_size", "n_layers_core",
+              "max_seq_len", "mean_recurrence")
+  for field in positive:
+    if not isinstance(config[field], int) or config[field] <= 0:
+      raise ValueError(f"config.{field} must be a positive integer, got {config[field]!r}.")
+  for field in ("n_layers_prelude", "n_layers_coda", "mean_backprop_depth"):
+    if not isinstance(config[field], int) or config[field] < 0:
+      raise ValueError(f"config.{field} must be a non-negative integer, got {config[field]!r}.")
+  if config.n_heads * config.head_dim != config.d_model:
+    raise ValueError(
+        f"config.d_model ({config.d_model}) must equal n_heads * head_dim ({config.n_heads} * {config.head_dim} = "
+        f"{config.n_heads * config.head_dim}); set head_dim = d_model // n_heads with d_model divisible by n_heads.")
+  if config.head_dim % 2:
+    raise ValueError(f"config.head_dim must be even for rotary embeddings, got {config.head_dim}.")
+  if config.norm_eps <= 0:
+    raise ValueError(f"config.norm_eps must be positive, got {config.norm_eps}.")
+  if config.rope_base <= 1:
+    raise ValueError(f"config.rope_base must be > 1, got {config.rope_base}.")
+  for field in ("param_dtype", "compute_dtype"):
+    if config[field] not in _DTYPES:
+      raise ValueError(f"config.{field} must be one of {_DTYPES}, got {config[field]!r}.")
+  if config.attention_impl not in ("xla", "cudnn", "pallas"):
+    raise ValueError(f"config.attention_impl must be 'xla', 'cudnn' or 'pallas', got {config.attention_impl!r}.")
+  if not config.tie_embeddings:
+    raise ValueError("config.tie_embeddings=False is not supported: Huginn ties lm_head to wte.")
+  return config
+
+
+def init_std(config: ml_collections.ConfigDict) -> float:
+  """The base init std of the original, sqrt(2 / (5 d)); also the std of the random initial latent state."""
+  return math.sqrt(2.0 / (5.0 * config.d_model))
+
+
+def embed_scale(config: ml_collections.ConfigDict) -> float:
+  """The embedding is multiplied by sqrt(d) (not the tied head)."""
+  return math.sqrt(config.d_model)
+
+
+def num_params(config: ml_collections.ConfigDict) -> int:
+  """Parameter count from the shape alone (tied head counted once)."""
+  d, i = config.d_model, config.intermediate_size
+  block = 4 * d + 3 * d * d + (2 * d if config.qk_bias else 0) + d * d + 2 * i * d + i * d
+  blocks = config.n_layers_prelude + config.n_layers_core + config.n_layers_coda
+  return blocks * block + config.vocab_size * d + 2 * d * d + d
+
+
+# --- HF config.json <-> ConfigDict -------------------------------------------------------------------------------
+
+# Keys of the original's config that must hold these values for our implementation to be exact.
+_HF_REQUIRED = {
+    "block_class_name": "SandwichBlock",
+    "mlp_class_name": "GatedMLP",
+    "nonlin_name": "SiLU",
+    "norm_class_name": "RMSNorm_llama",
+    "injection_type": "linear",
+    "bias": False,
+}
+
+
+def from_hf_config(hf: dict[str, Any] | str | os.PathLike, **overrides: Any) -> ml_collections.ConfigDict:
+  """Builds our config from the original's HF ``config.json`` (a dict or a path); unrelated keys are ignored."""
+  if not isinstance(hf, dict):
+    with open(hf) as f:
+      hf = json.load(f)
+  for key, expected in _HF_REQUIRED.items():
+    if key in hf and hf[key] != expected:
+      raise ValueError(f"HF config {key}={hf[key]!r} is not supported (huginn-jax implements {key}={expected!r}).")
+  if hf.get("test_time_noise", 0):
+    raise ValueError(f"HF config test_time_noise={hf['test_time_noise']} is not supported; set it to 0.")
+  if hf.get("num_key_value_heads", hf.get("n_heads")) != hf.get("n_heads", hf.get("num_attention_heads")):
+    raise ValueError("HF config num_key_value_heads differs from n_heads: grouped-query attention is not supported.")
+  missing = [k for k in ("n_embd",) if k not in hf]
+  if missing:
+    raise ValueError(f"HF config lacks required keys {missing}; is this a Huginn (huginn_raven) config.json?")
+  n_heads = hf.get("n_heads", hf.get("num_attention_heads"))
+  if n_heads is None:
+    raise ValueError("HF config has neither 'n_heads' nor 'num_attention_heads'.")
+  config = _base()
+  config.name = hf.get("_name_or_path") or "from-hf"
+  config.vocab_size = int(hf.get("padded_vocab_size", hf.get("vocab_size")))
+  config.d_model = int(hf["n_embd"])
+  config.n_heads = int(n_heads)
+  config.head_dim = int(hf.get("head_dim", config.d_model // config.n_heads))
+  config.intermediate_size = int(hf["intermediate_size"])
+  config.n_layers_prelude = int(hf.get("n_layers_in_prelude", 2))
+  config.n_layers_core = int(hf.get("n_layers_in_recurrent_block", 4))
+  config.n_layers_coda = int(hf.get("n_layers_in_coda", 2))
+  config.max_seq_len = int(hf.get("block_size", 4096))
+  config.norm_eps = float(hf.get("norm_eps", 1e-6))
+  config.rope_base = float(hf.get("rope_base", 50000))
+  config.qk_bias = bool(hf.get("qk_bias", True))
+  config.tie_embeddings = bool(hf.get("tie_embeddings", hf.get("tie_word_embeddings", True)))
+  config.mean_recurrence = int(hf.get("mean_recurrence", 32))
+  config.mean_backprop_depth = int(hf.get("mean_backprop_depth", 8))
+  for key, value in overrides.items():
+    config[key] = value
+  return validate(config)
+
+
+def to_hf_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The original's ``config.json`` fields for this config (what ``RavenConfig`` reads)."""
+  d = config.d_model
+  n_layers = config.n_layers_prelude + config.n_layers_core + config.n_layers_coda
+  return {
+      "architectures": ["RavenForCausalLM"],
+      "model_type": "huginn_raven",
+      "architecture_class_name": "RecurrentGPT",
+      "block_class_name": "SandwichBlock",
+      "mlp_class_name": "GatedMLP",
+      "nonlin_name": "SiLU",
+      "norm_class_name": "RMSNorm_llama",
+      "injection_type": "linear",
+      "init_strategy": "takase",
+      "state_init": "like-init",
+      "sampling_scheme": "poisson-lognormal-filling",
+      "bias": False,
+      "qk_bias": bool(config.qk_bias),
+      "n_embd": d,
+      "n_heads": config.n_heads,
+      "num_key_value_heads": config.n_heads,
+      "head_dim": config.head_dim,
+      "intermediate_size": config.intermediate_size,
+      "n_layers": n_layers,
+      "n_layers_in_prelude": config.n_layers_prelude,
+      "n_layers_in_recurrent_block": config.n_layers_core,
+      "n_layers_in_coda": config.n_layers_coda,
+      "vocab_size": config.vocab_size,
+      "padded_vocab_size": config.vocab_size,
+      "padding_multiple": 1,
+      "block_size": config.max_seq_len,
+      "norm_eps": config.norm_eps,
+      "rope_base": config.rope_base,
+      "tie_embeddings": bool(config.tie_embeddings),
+      "tie_word_embeddings": bool(config.tie_embeddings),
+      "mean_recurrence": config.mean_recurrence,
+      "mean_backprop_depth": config.mean_backprop_depth,
+      "effective_expected_depth": config.n_layers_prelude + config.n_layers_coda
+      + config.n_layers_core * config.mean_recurrence,
+      "activation_checkpoint_impl": "per-iteration",
+      "test_time_noise": 0,
+      "test_time_noise_type": "fixed",
+      "torch_dtype": config.param_dtype,
+  }
+
+
+def model_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """A hashable snapshot of the config, for use as a static argument of ``jax.jit``."""
+  return ml_collections.FrozenConfigDict(config)

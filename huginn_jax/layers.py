@@ -1,0 +1,143 @@
+"""The transformer pieces of Huginn as Flax NNX modules: RMSNorm, RoPE, attention, gated MLP, sandwich block.
+
+Parameters are stored in JAX layout ([in, out] kernels, heads split out) and carry logical axis names
+(``sharding_names``) that ``huginn_jax.sharding`` maps to mesh axes. ``huginn_jax.checkpoint.hf`` maps them to
+and from the original's torch names and layouts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+NEG_INF = -1e30  # finite, so fully masked rows give a uniform distribution instead of NaN
+
+
+def param(rngs: nnx.Rngs | None, init: Initializer, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...]):
+  """A parameter with logical axis names; sharded lazily (by ``huginn_jax.sharding``), never eagerly."""
+  assert len(axes) == len(shape), (shape, axes)
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(init(key, shape, dtype), out_sharding=axes, eager_sharding=False)
+
+
+def normal(std: float) -> Initializer:
+  return jax.nn.initializers.normal(stddev=std)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm with statistics in float32, cast back to the input dtype, then times the weight."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs | None = None):
+    self.eps = eps
+    self.scale = param(rngs, jax.nn.initializers.ones, (dim,), param_dtype, ("norm",))
+
+  def __call__(self, x: Array) -> Array:
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+    return y.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+def rope_angles(positions: Array, head_dim: int, base: float) -> tuple[Array, Array]:
+  """cos and sin of the rotary angles, float32, shaped [..., S, 1, head_dim // 2] for broadcasting over heads."""
+  inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angles)[..., None, :], jnp.sin(angles)[..., None, :]
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotates interleaved pairs (2i, 2i+1) of each head in float32 (the original's layout, not rotate-half)."""
+  xf = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+  x0, x1 = xf[..., 0], xf[..., 1]
+  out = jnp.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, impl: str = "xla") -> Array:
+  """Scaled dot-product attention. q [B,S,H,D], k/v [B,T,H,D], mask broadcastable to [B,H,S,T] (True = attend)."""
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bshd,bthd->bhst", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    scores = jnp.where(mask, scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhst,bthd->bshd", probs, v)
+
+
+def causal_mask(q_len: int, kv_len: int, q_offset: Array | int = 0) -> Array:
+  """[1, 1, S, T] mask: query i (at absolute position q_offset + i) sees keys at positions <= its own."""
+  q_pos = jnp.arange(q_len)[:, None] + q_offset
+  return (jnp.arange(kv_len)[None, :] <= q_pos)[None, None]
+
+
+class Attention(nnx.Module):
+  """Causal self-attention with a fused QKV projection, a per-head q/k bias added before RoPE, and RoPE."""
+
+  def __init__(self, d_model: int, n_heads: int, head_dim: int, *, qk_bias: bool, rope_base: float, param_dtype,
+               init_std: float, out_std: float, impl: str = "xla", rngs: nnx.Rngs | None = None):
+    self.n_heads, self.head_dim, self.rope_base, self.impl = n_heads, head_dim, rope_base, impl
+    self.wqkv = param(rngs, normal(init_std), (d_model, 3, n_heads, head_dim), param_dtype,
+                      ("embed", "qkv", "heads", "head_dim"))
+    self.qk_bias = (param(rngs, jax.nn.initializers.zeros, (2, n_heads, head_dim), param_dtype,
+                          ("qkv", "heads", "head_dim")) if qk_bias else None)
+    self.proj = param(rngs, normal(out_std), (n_heads, head_dim, d_model), param_dtype, ("heads", "head_dim", "embed"))
+
+  def qkv(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
+    """Projects x [B,S,d] to q, k, v [B,S,H,D], with the bias and RoPE applied to q and k."""
+    qkv = jnp.einsum("bsd,dthk->tbshk", x, self.wqkv[...].astype(x.dtype))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    if self.qk_bias is not None:
+      bias = self.qk_bias[...].astype(x.dtype)
+      q, k = q + bias[0], k + bias[1]
+    cos, sin = rope_angles(positions, self.head_dim, self.rope_base)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+  def out(self, y: Array) -> Array:
+    return jnp.einsum("bshk,hkd->bsd", y, self.proj[...].astype(y.dtype))
+
+  def __call__(self, x: Array, positions: Array, mask: Array | None) -> Array:
+    q, k, v = self.qkv(x, positions)
+    return self.out(dot_product_attention(q, k, v, mask, self.impl))
+
+
+class GatedMLP(nnx.Module):
+  """``proj(silu(gate) * up)`` with a fused gate|up projection."""
+
+  def __init__(self, d_model: int, hidden: int, *, param_dtype, init_std: float, out_std: float,
+               rngs: nnx.Rngs | None = None):
+    self.fc = param(rngs, normal(init_std), (d_model, 2, hidden), param_dtype, ("embed", "gate_up", "mlp"))
+    self.proj = param(rngs, normal(out_std), (hidden, d_model), param_dtype, ("mlp", "embed"))
+
+  def __call__(self, x: Array) -> Array:
+    h = jnp.einsum("bsd,dti->tbsi", x, self.fc[...].astype(x.dtype))
+    return jnp.einsum("bsi,id->bsd", jax.nn.silu(h[0]) * h[1], self.proj[...].astype(x.dtype))
+
+
+class SandwichBlock(nnx.Module):
+  """``x = norm_2(x + attn(norm_1(x)))``; ``x = norm_4(x + mlp(norm_3(x)))``."""
+
+  def __init__(self, config, *, init_std: float, out_std: float, rngs: nnx.Rngs | None = None):
+    d, dt = config.d_model, jnp.dtype(config.param_dtype)
+    norm = lambda: RMSNorm(d, eps=config.norm_eps, param_dtype=dt, rngs=rngs)  # noqa: E731
+    self.norm_1 = norm()
+    self.attn = Attention(d, config.n_heads, config.head_dim, qk_bias=config.qk_bias, rope_base=config.rope_base,
+                          param_dtype=dt, init_std=init_std, out_std=out_std, impl=config.attention_impl, rngs=rngs)
+    self.norm_2 = norm()
+    self.mlp = GatedMLP(d, config.intermediate_size, param_dtype=dt, init_std=init_std, out_std=out_std, rngs=rngs)
+    self.norm_3 = norm()
+    self.norm_4 = norm()
+
+  def __call__(self, x: Array, positions: Array, mask: Array | None) -> Array:
+    x = self.norm_2(x + self.attn(self.norm_1(x), positions, mask))
+    return self.mlp_part(x)
+
+  def mlp_part(self, x: Array) -> Array:
+    """The second half of the block; decoding code calls it after computing attention against its cache."""
+    return self.norm_4(x + self.mlp(self.norm_3(x)))

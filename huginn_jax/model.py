@@ -1,0 +1,129 @@
+"""Huginn as Flax NNX modules: prelude, recurrent core (adapter + core layers), coda, tied head.
+
+The depth recurrence is ``iterate``: a ``jax.lax.fori_loop`` over iterations of the core (a scan when the count
+is a Python int, so it is differentiable; a while loop when it is traced, so one compilation serves every
+count), or a masked scan of static length when a traced count must be differentiated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from huginn_jax import config as config_lib
+from huginn_jax.layers import RMSNorm, SandwichBlock, normal, param
+
+Array = jax.Array
+
+
+class Core(nnx.Module):
+  """One recurrence step: ``s <- layers(adapter(concat([s, e])))``. The adapter takes state columns first."""
+
+  def __init__(self, config, *, init_std: float, out_std: float, rngs: nnx.Rngs | None = None):
+    d = config.d_model
+    self.adapter = param(rngs, normal(init_std), (2 * d, d), jnp.dtype(config.param_dtype), ("adapter_in", "embed"))
+    self.layers = nnx.List([SandwichBlock(config, init_std=init_std, out_std=out_std, rngs=rngs)
+                            for _ in range(config.n_layers_core)])
+
+  def inject(self, s: Array, e: Array) -> Array:
+    return jnp.concatenate([s, e], axis=-1) @ self.adapter[...].astype(s.dtype)
+
+  def __call__(self, s: Array, e: Array, positions: Array, mask: Array | None) -> Array:
+    x = self.inject(s, e)
+    for layer in self.layers:
+      x = layer(x, positions, mask)
+    return x
+
+
+class Huginn(nnx.Module):
+  """The whole network. ``forward`` in ``huginn_jax.api`` drives it; decoding code calls the pieces."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs | None = None):
+    self.config = config
+    d, dt = config.d_model, jnp.dtype(config.param_dtype)
+    std = config_lib.init_std(config)
+    depth = config.n_layers_prelude + config.n_layers_coda + config.n_layers_core * config.mean_recurrence
+    out_std = std / math.sqrt(2 * depth)
+    block = lambda: SandwichBlock(config, init_std=std, out_std=out_std, rngs=rngs)  # noqa: E731
+    self.wte = param(rngs, normal(std), (config.vocab_size, d), dt, ("vocab", "embed"))
+    self.prelude = nnx.List([block() for _ in range(config.n_layers_prelude)])
+    self.core = Core(config, init_std=std, out_std=out_std, rngs=rngs)
+    self.coda = nnx.List([block() for _ in range(config.n_layers_coda)])
+    self.ln_f = RMSNorm(d, eps=config.norm_eps, param_dtype=dt, rngs=rngs)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.config.compute_dtype)
+
+  def embed(self, tokens: Array) -> Array:
+    """``wte[tokens] * sqrt(d)`` in the compute dtype."""
+    e = jnp.take(self.wte[...], tokens, axis=0).astype(self.compute_dtype)
+    return e * jnp.asarray(config_lib.embed_scale(self.config), self.compute_dtype)
+
+  def run_prelude(self, tokens: Array, positions: Array, mask: Array | None) -> Array:
+    x = self.embed(tokens)
+    for block in self.prelude:
+      x = block(x, positions, mask)
+    return x
+
+  def initial_state(self, e: Array, key: Array | None, init_scale: float) -> Array:
+    """Truncated normal (+-3 std) of std ``sqrt(2/(5d)) * init_scale``, times ``sqrt(d)``; zeros at scale 0."""
+    if init_scale == 0:
+      return jnp.zeros_like(e)
+    if key is None:
+      raise ValueError("A random initial state needs key=jax.random.key(...); or pass initial_state=..., "
+                       "or init_scale=0.0 for a zero state.")
+    std = config_lib.init_std(self.config) * init_scale
+    z = jax.random.truncated_normal(key, -3.0, 3.0, e.shape, jnp.float32)
+    return (z * std * config_lib.embed_scale(self.config)).astype(e.dtype)
+
+  def head(self, s: Array, positions: Array, mask: Array | None) -> tuple[Array, Array]:
+    """Returns (latents, logits): latents = ln_f(s); coda; ln_f again; tied head in the compute dtype -> f32."""
+    latents = self.ln_f(s)
+    x = latents
+    for block in self.coda:
+      x = block(x, positions, mask)
+    x = self.ln_f(x)
+    logits = x @ self.wte[...].astype(x.dtype).T
+    return latents, logits.astype(jnp.float32)
+
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def iterate(core: Core, s: Array, e: Array, positions: Array, mask: Array | None, num_steps: int | Array, *,
+            max_steps: int | None = None, remat_policy: str = "none") -> Array:
+  """Applies the core ``num_steps`` times to the state ``s`` with ``e`` injected at every step.
+
+  ``num_steps`` may be a Python int or a traced int32 scalar. With ``max_steps`` the loop is a scan of that static
+  length whose iterations past ``num_steps`` are skipped (``lax.cond``), which reverse-mode autodiff supports even
+  for a traced count. ``remat_policy`` wraps one iteration in ``jax.checkpoint`` with that policy.
+  """
+  graphdef, state = nnx.split(core)
+
+  def step(state, s):
+    return nnx.merge(graphdef, state)(s, e, positions, mask)
+
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat_policy {remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}.")
+  if remat_policy != "none":
+    step = jax.checkpoint(step, policy=REMAT_POLICIES[remat_policy])
+
+  if max_steps is None:
+    return jax.lax.fori_loop(0, num_steps, lambda _, s: step(state, s), s)
+
+  def masked(s, i):
+    return jax.lax.cond(i < num_steps, lambda s: step(state, s), lambda s: s, s), None
+
+  return jax.lax.scan(masked, s, jnp.arange(max_steps))[0]
