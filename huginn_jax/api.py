@@ -49,25 +49,38 @@ def _graph(config: ml_collections.FrozenConfigDict):
 def abstract_params(config) -> Params:
   """Shapes and dtypes of the params (``jax.ShapeDtypeStruct`` leaves), without allocating them."""
   _, state = _graph(_frozen(config))
-  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state.to_pure_dict())
+  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(state))
 
 
 def logical_axes(config) -> Params:
   """The logical axis names of every parameter, as a pytree of tuples shaped like the params."""
   _, state = _graph(_frozen(config))
-  axes = nnx.get_partition_spec(state).to_pure_dict()
+  axes = nnx.to_pure_dict(nnx.get_partition_spec(state))
   return jax.tree.map(tuple, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def model_from_params(params: Params, config) -> Huginn:
   """The NNX module holding ``params`` (no copy); used inside traced functions."""
   graphdef, abstract = _graph(_frozen(config))
+  check_params(params, config)
   state = jax.tree.map(lambda x: x, abstract)  # a fresh State container to fill
-  try:
-    nnx.replace_by_pure_dict(state, params)
-  except (KeyError, ValueError) as err:
-    raise ValueError(f"params do not match the config {config.name!r}: {err}") from err
+  nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state)
+
+
+def check_params(params: Params, config) -> None:
+  """Raises a ValueError naming the first parameter whose presence or shape does not fit ``config``."""
+  expected = dict(jax.tree_util.tree_flatten_with_path(abstract_params(config))[0])
+  given = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)  # noqa: E731
+  for path in expected.keys() - given.keys():
+    raise ValueError(f"params do not match the config {config.name!r}: missing parameter {name(path)}.")
+  for path in given.keys() - expected.keys():
+    raise ValueError(f"params do not match the config {config.name!r}: unexpected parameter {name(path)}.")
+  for path, want in expected.items():
+    if tuple(given[path].shape) != tuple(want.shape):
+      raise ValueError(f"params do not match the config {config.name!r}: {name(path)} has shape "
+                       f"{tuple(given[path].shape)}, the config implies {tuple(want.shape)}.")
 
 
 def init(config, key: Array) -> Params:
@@ -76,7 +89,7 @@ def init(config, key: Array) -> Params:
 
   @jax.jit
   def _init(key):
-    return nnx.state(Huginn(frozen, rngs=nnx.Rngs(params=key)), nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(Huginn(frozen, rngs=nnx.Rngs(params=key)), nnx.Param))
 
   return _init(key)
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from huginn_jax.checkpoint import hf
-from huginn_jax.checkpoint.io import progress, save
+from huginn_jax.checkpoint.io import open_hf, progress, save
 
 
 def convert(src, dst, *, dtype=None, overwrite: bool = False, show_progress: bool = True) -> str:
@@ -20,14 +20,9 @@ def convert(src, dst, *, dtype=None, overwrite: bool = False, show_progress: boo
   src = os.fspath(src)
   if not os.path.exists(src):
     raise FileNotFoundError(f"No checkpoint at {src}.")
-  source = hf.open_tensors(src)
-  config = hf.config_from_checkpoint(src)
-  table = hf.rules(config)
-  hf.check_keys(source, config)
-  out_dtype = np.dtype(jnp.dtype(dtype)) if dtype is not None else source.get(table[0].hf_name).dtype
-  config.param_dtype = jnp.dtype(out_dtype).name
-  if config.compute_dtype == "float32" and out_dtype != np.float32:
-    config.compute_dtype = config.param_dtype
+  source, config = open_hf(src, dtype)
+  out_dtype = np.dtype(jnp.dtype(config.param_dtype))
+  table = hf.check_keys(source, config)
   params: dict = {}
   for rule, array in progress(hf.iter_params(source, config, out_dtype), len(table), "converting", show_progress):
     hf.set_path(params, rule.path, np.ascontiguousarray(array))

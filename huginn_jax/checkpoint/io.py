@@ -79,9 +79,20 @@ def _config_from_json(path: str) -> ml_collections.ConfigDict:
 
 
 def _dtype_override(config, dtype):
+  """Params in ``dtype``; activations follow (bf16 weights compute in bf16, as the original does under autocast)."""
   if dtype is not None:
-    config.param_dtype = jnp.dtype(dtype).name
+    config.param_dtype = config.compute_dtype = jnp.dtype(dtype).name
   return config
+
+
+def open_hf(path, dtype=None):
+  """(tensor source, config) of an HF checkpoint; params in ``dtype``, default the checkpoint's own dtype."""
+  source = hf.open_tensors(path)
+  config = hf.config_from_checkpoint(path)
+  first = hf.rules(config)[0].hf_name
+  if first not in source.keys():
+    hf.check_keys(source, config)  # raises, naming the missing tensor
+  return source, _dtype_override(config, dtype if dtype is not None else source.get(first).dtype)
 
 
 def _put(array: np.ndarray, sharding) -> jax.Array:
@@ -94,14 +105,10 @@ def load_hf(path, dtype=None, shardings=None, show_progress: bool = True):
   ``dtype`` casts the params (default: the checkpoint's own dtype). ``shardings`` (a pytree like the params of
   ``jax.sharding.Sharding``) places each tensor straight onto its devices, with no full copy in host memory.
   """
-  source = hf.open_tensors(path)
-  config = hf.config_from_checkpoint(path)
-  table = hf.rules(config)
-  first = source.get(table[0].hf_name)
-  config = _dtype_override(config, dtype if dtype is not None else first.dtype)
+  source, config = open_hf(path, dtype)
   params: dict[str, Any] = {}
-  for r, w in progress(hf.iter_params(source, config, np.dtype(jnp.dtype(config.param_dtype))), len(table),
-                       "loading", show_progress):
+  for r, w in progress(hf.iter_params(source, config, np.dtype(jnp.dtype(config.param_dtype))),
+                       len(hf.rules(config)), "loading", show_progress):
     target = _at(shardings, r.path)
     hf.set_path(params, r.path, _put(w, target))
   return config, params
@@ -143,9 +150,7 @@ def load_orbax(path, dtype=None, shardings=None):
   """Reads an Orbax directory written by ``save`` (or ``huginn-jax convert``) into (config, params)."""
   import orbax.checkpoint as ocp
   from huginn_jax import api
-  config = _config_from_json(os.path.join(path, CONFIG_FILE))
-  stored = config.param_dtype
-  config = _dtype_override(config, dtype)
+  config = _dtype_override(_config_from_json(os.path.join(path, CONFIG_FILE)), dtype)
   abstract = api.abstract_params(config)
   if shardings is not None:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -154,7 +159,6 @@ def load_orbax(path, dtype=None, shardings=None):
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(os.path.join(os.path.abspath(path), PARAMS_DIR), _str_keys(abstract))
-  del stored
   return config, _int_keys(restored, abstract)
 
 

@@ -1,0 +1,118 @@
+"""The functional API: jit (one compilation for every step count), grad, vmap, masks, and input errors."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import huginn_jax as hj
+from conftest import rel_err
+
+
+@pytest.fixture(scope="module")
+def tokens(golden):
+  return jnp.asarray(golden["tokens"][:, :12], jnp.int32)
+
+
+def test_forward_under_jit_compiles_once_for_all_traced_step_counts(tiny_model, tokens):
+  config, params = tiny_model
+  fwd = jax.jit(functools.partial(hj.forward, config=config, init_scale=0.0))
+  outs = {n: fwd(params, tokens, num_steps=jnp.int32(n)) for n in (0, 3, 7)}
+  assert fwd._cache_size() == 1
+  for n, out in outs.items():
+    eager = hj.forward(params, tokens, config=config, num_steps=n, init_scale=0.0)
+    assert rel_err(out.logits, eager.logits) < 1e-5, n
+
+
+def test_init_output_shapes_and_dtypes(tiny_model, tokens):
+  config, _ = tiny_model
+  params = hj.init(config, jax.random.key(0))
+  chex.assert_trees_all_equal_shapes_and_dtypes(params, hj.abstract_params(config))
+  out = hj.forward(params, tokens, config=config, num_steps=2, key=jax.random.key(1))
+  chex.assert_shape(out.logits, (*tokens.shape, config.vocab_size))
+  chex.assert_shape(out.latents, (*tokens.shape, config.d_model))
+  chex.assert_tree_all_finite(out)
+
+
+def test_bfloat16_params_and_compute(tokens):
+  config = hj.get_config("tiny", param_dtype="bfloat16", compute_dtype="bfloat16")
+  params = hj.init(config, jax.random.key(0))
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  out = hj.forward(params, tokens, config=config, num_steps=2, init_scale=0.0)
+  chex.assert_type(out.logits, jnp.float32)
+  chex.assert_type(out.latents, jnp.bfloat16)
+
+
+def test_random_initial_state_depends_on_key_and_zero_scale_is_zero_state(tiny_model, tokens):
+  config, params = tiny_model
+  a = hj.forward(params, tokens, config=config, num_steps=2, key=jax.random.key(0))
+  b = hj.forward(params, tokens, config=config, num_steps=2, key=jax.random.key(1))
+  assert rel_err(a.logits, b.logits) > 1e-3
+  zero = hj.forward(params, tokens, config=config, num_steps=2, init_scale=0.0)
+  explicit = hj.forward(params, tokens, config=config, num_steps=2,
+                        initial_state=jnp.zeros((*tokens.shape, config.d_model)))
+  chex.assert_trees_all_close(zero, explicit)
+
+
+def test_grad_of_loss_is_finite_and_reaches_every_parameter(tiny_model, tokens):
+  config, params = tiny_model
+  labels = jnp.roll(tokens, -1, axis=1).at[:, -1].set(-100)
+  grads = jax.jit(jax.grad(functools.partial(hj.loss, config=config, num_steps=(1, 2), init_scale=0.0)))(
+      params, tokens, labels)
+  chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
+  chex.assert_tree_all_finite(grads)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_vmap_over_a_leading_axis_equals_the_batched_call(tiny_model, tokens):
+  config, params = tiny_model
+  fwd = functools.partial(hj.forward, params, config=config, num_steps=2, init_scale=0.0)
+  stacked = jax.vmap(fwd)(tokens[:, None, :])  # each call sees a batch of one
+  batched = fwd(tokens)
+  chex.assert_trees_all_close(stacked.logits[:, 0], batched.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_mask_and_positions_make_left_padding_invisible(tiny_model, tokens):
+  config, params = tiny_model
+  seq = tokens[:1, :8]
+  pad = 3
+  padded = jnp.concatenate([jnp.zeros((1, pad), jnp.int32), seq], axis=1)
+  mask = jnp.arange(padded.shape[1])[None] >= pad
+  positions = jnp.maximum(jnp.arange(padded.shape[1]) - pad, 0)[None]
+  ref = hj.forward(params, seq, config=config, num_steps=3, init_scale=0.0)
+  out = hj.forward(params, padded, config=config, num_steps=3, init_scale=0.0, attention_mask=mask,
+                   positions=positions)
+  assert rel_err(out.logits[:, pad:], ref.logits) < 1e-5
+  unmasked = hj.forward(params, padded, config=config, num_steps=3, init_scale=0.0)
+  assert rel_err(unmasked.logits[:, pad:], ref.logits) > 1e-3  # the original's behaviour: padding is seen
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.array([[1, 2, 256]]), "out of the vocabulary"),
+    (np.array([[-1, 2, 3]]), "out of the vocabulary"),
+    (np.array([1, 2, 3]), r"\[batch, seq\]"),
+    (np.array([[1.0, 2.0]]), "integers"),
+    (np.zeros((1, 257), np.int32), "max_seq_len"),
+])
+def test_bad_tokens_get_clear_errors(tiny_model, bad, message):
+  config, params = tiny_model
+  with pytest.raises(ValueError, match=message):
+    hj.forward(params, bad, config=config, num_steps=1, init_scale=0.0)
+
+
+def test_other_bad_inputs_get_clear_errors(tiny_model, tokens):
+  config, params = tiny_model
+  with pytest.raises(ValueError, match="key="):
+    hj.forward(params, tokens, config=config, num_steps=1)
+  with pytest.raises(ValueError, match="initial_state must be"):
+    hj.forward(params, tokens, config=config, num_steps=1, initial_state=jnp.zeros((1, 2, 3)))
+  with pytest.raises(ValueError, match="num_steps must be >= 0"):
+    hj.forward(params, tokens, config=config, num_steps=-1, init_scale=0.0)
+  with pytest.raises(ValueError, match="attention_mask"):
+    hj.forward(params, tokens, config=config, num_steps=1, init_scale=0.0, attention_mask=jnp.ones((1, 3)))
+  small = hj.get_config("tiny", d_model=32, head_dim=8)
+  with pytest.raises(ValueError, match="params do not match"):
+    hj.forward(params, tokens, config=small, num_steps=1, init_scale=0.0)
