@@ -198,7 +198,7 @@ def iter_params(source: TensorSource, config, dtype=None) -> Iterator[tuple[Rule
   """Yields (rule, array in our layout) one tensor at a time."""
   for r in check_keys(source, config):
     w = r.to_jax(source.get(r.hf_name))
-    yield r, (w.astype(dtype) if dtype is not None else w)
+    yield r, (w.astype(dtype, copy=False) if dtype is not None else w)
 
 
 def iter_hf_tensors(params, config) -> Iterator[tuple[str, np.ndarray]]:

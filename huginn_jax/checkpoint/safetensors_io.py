@@ -1,6 +1,6 @@
 """Streaming safetensors reader and writer on plain numpy (bfloat16 via ml_dtypes), no torch, no full copies.
 
-Reading memory-maps the file, so a tensor costs memory only while it is used. Writing streams one tensor at a
+Reading fetches one tensor at a time, so a tensor costs memory only while it is used. Writing streams one tensor at a
 time to a temporary file that is renamed into place when complete.
 """
 
@@ -23,7 +23,7 @@ _CODES = {v: k for k, v in _DTYPES.items()}
 
 
 class SafetensorsFile:
-  """Lazy view of one ``.safetensors`` file: ``keys()``, ``shape(k)``, ``dtype(k)``, ``get(k)`` (a memmap view)."""
+  """Lazy view of one ``.safetensors`` file: ``keys()``, ``shape(k)``, ``dtype(k)``, ``get(k)`` (read on demand)."""
 
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
@@ -38,7 +38,6 @@ class SafetensorsFile:
     self.metadata = header.pop("__metadata__", None) or {}
     self._entries = header
     self._data_start = 8 + n
-    self._mmap = None
 
   def keys(self) -> list[str]:
     return list(self._entries)
@@ -56,11 +55,22 @@ class SafetensorsFile:
     return _DTYPES[code]
 
   def get(self, key: str) -> np.ndarray:
-    if self._mmap is None:
-      self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+    """Reads one tensor into a fresh array (a positional read, not a memory map, so that memory is returned as
+    soon as the caller drops the array and the resident size never grows with the file)."""
     begin, end = self._entries[key]["data_offsets"]
-    raw = self._mmap[self._data_start + begin:self._data_start + end]
-    return raw.view(self.dtype(key)).reshape(self.shape(key))
+    out = np.empty(self.shape(key), self.dtype(key))
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fd = os.open(self.path, os.O_RDONLY)
+    try:
+      done, size = 0, end - begin
+      while done < size:
+        n = os.preadv(fd, [view[done:]], self._data_start + begin + done)
+        if n <= 0:
+          raise ValueError(f"{self.path} is truncated: tensor {key!r} ends past the end of the file.")
+        done += n
+    finally:
+      os.close(fd)
+    return out
 
 
 def write(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]] | dict[str, np.ndarray], *,
