@@ -106,16 +106,18 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
     s, cache = jax.lax.fori_loop(0, num_steps, body, (s0, cache))
     steps = jnp.where(active, jnp.asarray(num_steps, jnp.int32), 0)
   else:
+    # Logit criteria carry the logits of each row's exit step out of the loop, so the head need not run again.
+    carry_logits = criterion.needs_logits and not all_logits and num_steps > 0
+    logits0 = jnp.zeros((batch, model.config.vocab_size), jnp.float32) if carry_logits else None
     crit_state = criterion.init(batch, model.config.vocab_size, s0)
-    exited = ~active
-    carry = (jnp.int32(0), s0, cache, exited, jnp.where(active, jnp.int32(num_steps), 0), crit_state)
+    carry = (jnp.int32(0), s0, cache, ~active, jnp.where(active, jnp.int32(num_steps), 0), crit_state, logits0)
 
     def cond(carry):
-      step, _, _, exited, _, _ = carry
+      step, _, _, exited, *_ = carry
       return (step < num_steps) & ~jnp.all(exited)
 
     def body(carry):
-      step, s, cache, exited, steps, crit_state = carry
+      step, s, cache, exited, steps, crit_state, kept = carry
       running = ~exited
       s_new, cache = core_step(step, s, cache, running)
       logits = None
@@ -124,9 +126,13 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
       crit_state, values = criterion.update(crit_state, latents=s_new, logits=logits, valid=valid)
       new_exit = criterion.exits(values, threshold) & running
       steps = jnp.where(new_exit, step + 1, steps)
-      return step + 1, s_new, cache, exited | new_exit, steps, crit_state
+      if carry_logits:
+        kept = jnp.where(running[:, None], logits, kept)
+      return step + 1, s_new, cache, exited | new_exit, steps, crit_state, kept
 
-    _, s, cache, _, steps, _ = jax.lax.while_loop(cond, body, carry)
+    _, s, cache, _, steps, _, kept = jax.lax.while_loop(cond, body, carry)
+    if carry_logits:
+      return ChunkOutput(logits=kept, latents=model.ln_f(s), state=s, steps=steps, cache=cache)
 
   latents, logits, cache = _head(model, layout, cache, s, positions, start, active, causal, last, all_logits)
   return ChunkOutput(logits=logits, latents=latents, state=s, steps=steps, cache=cache)

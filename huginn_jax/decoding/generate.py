@@ -2,8 +2,8 @@
 
 The prompt is one chunk through the model that fills the cache; every new token is a one-token chunk inside a
 while loop that stops when all rows have hit a stop id or ``max_new_tokens``. Settings that change shapes or
-control flow (recurrence, cache strategy, exit criterion, filters on/off, stop ids) are static; values that do not
-(thresholds, temperature, top-p, min-p, penalty, the key, the prompt) are traced, so repeated calls with the same
+control flow (recurrence, cache strategy, exit criterion, filters on/off) are static; values that do not
+(thresholds, temperature, top-p, min-p, penalty, stop ids, the key, the prompt) are traced, so repeated calls with the same
 shapes and settings reuse one compilation.
 
 Prompts are right-padded: row b holds its prompt in ``prompt_ids[b, :length_b]``; its new tokens take positions
@@ -52,7 +52,6 @@ class DecodeSpec:
   continuous: bool
   init_scale: float
   sampling: sampling.SamplingSpec
-  stop_ids: tuple[int, ...]
   pad_id: int
   draft_steps: int | None
   lookahead: int | None
@@ -63,6 +62,7 @@ class DecodeSpec:
 class DecodeArgs(NamedTuple):
   exit_threshold: Array
   sampling: sampling.SamplingParams
+  stop_ids: Array  # [n] int32; traced, so changing them does not recompile
 
 
 def prepare_prompt(prompt_ids, prompt_lengths, pad_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,10 +113,8 @@ def _stream_emitter(callback: Callable | None):
   return emit
 
 
-def _is_stop(tokens: Array, stop_ids: tuple[int, ...]) -> Array:
-  if not stop_ids:
-    return jnp.zeros(tokens.shape, bool)
-  return jnp.isin(tokens, jnp.asarray(stop_ids, jnp.int32))
+def is_stop(tokens: Array, stop_ids: Array) -> Array:
+  return jnp.any(tokens[..., None] == stop_ids, axis=-1)
 
 
 def _at(x: Array, index: Array) -> Array:
@@ -154,14 +152,14 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
     seen = sampling.mark_seen(seen, first[:, None])
   if emit is not None:
     emit(first[:, None], jnp.ones((batch,), jnp.int32))
-  done = _is_stop(first, spec.stop_ids) | (n_new <= 1)
+  done = is_stop(first, args.stop_ids) | (n_new <= 1)
 
   if spec.draft_steps is not None:
     tokens = jnp.full((batch, n_new + spec.lookahead), pad, jnp.int32).at[:, 0].set(first)
     state = SpecState(jnp.int32(0), tokens, jnp.ones((batch,), jnp.int32), first, lengths, done, out.cache, seen)
     state = speculative_loop(model, spec.layout, state, jax.random.fold_in(key, 1), num_steps=spec.num_steps,
                              draft_steps=spec.draft_steps, lookahead=spec.lookahead, max_new_tokens=n_new,
-                             init_scale=spec.init_scale, choose=choose, stop_ids=spec.stop_ids, pad_id=pad,
+                             init_scale=spec.init_scale, choose=choose, stop_ids=args.stop_ids, pad_id=pad,
                              emit=emit)
     count = jnp.minimum(state.count, n_new)
     tokens = jnp.where(jnp.arange(n_new)[None] < count[:, None], state.tokens[:, :n_new], pad)
@@ -190,7 +188,7 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
       if seen is not None:
         seen = sampling.mark_seen(seen, tok[:, None], active[:, None])
       warm = jnp.where(active[:, None, None], warm_start(out, jnp.zeros_like(pos)), warm)
-      done = done | _is_stop(tok, spec.stop_ids)
+      done = done | is_stop(tok, args.stop_ids)
       return (i + 1, tokens, steps, count + active, jnp.where(active, tok, last), pos + active, done, out.cache,
               warm, seen)
 
@@ -269,10 +267,11 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
   spec = DecodeSpec(
       layout=cache_lib.cache_layout(cache, config, layout_steps), num_steps=int(num_steps),
       max_new_tokens=int(max_new_tokens), max_len=max_len, criterion=exit_criterion, continuous=bool(continuous),
-      init_scale=float(init_scale), sampling=samp_spec, stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id),
+      init_scale=float(init_scale), sampling=samp_spec, pad_id=int(pad_id),
       draft_steps=None if not speculative else int(draft_steps), lookahead=None if not speculative else int(lookahead),
       cache_dtype=jnp.dtype(config.compute_dtype if cache_dtype is None else cache_dtype).name, stream=stream)
-  args = DecodeArgs(exit_threshold=np.float32(0.0 if threshold is None else threshold), sampling=samp_params)
+  args = DecodeArgs(exit_threshold=np.float32(0.0 if threshold is None else threshold), sampling=samp_params,
+                    stop_ids=np.asarray(list(stop_ids), np.int32).reshape(-1))
   return _generate_jit(params, prompt, lengths, key, args, config=config_f, spec=spec)
 
 

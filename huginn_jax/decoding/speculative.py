@@ -41,7 +41,7 @@ def _write_at(buffer: Array, start: Array, new: Array, gate: Array) -> Array:
 
 def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: int, draft_steps: int,
                      lookahead: int, max_new_tokens: int, init_scale: float,
-                     choose: Callable[[Array, Array, Array | None], Array], stop_ids: tuple[int, ...], pad_id: int,
+                     choose: Callable[[Array, Array, Array | None], Array], stop_ids: Array, pad_id: int,
                      emit: Callable | None = None) -> SpecState:
   """Runs rounds until every row has ``max_new_tokens`` tokens or produced a stop id."""
   length = lookahead
@@ -78,8 +78,7 @@ def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: 
     final = choose(jnp.take_along_axis(out.logits, at[:, None, None], axis=1)[:, 0], k_final, seen_final)
     new = jnp.where(idx < first[:, None], drafted, jnp.where(idx == first[:, None], final[:, None], pad_id))
     n_new = jnp.where(first < length, first + 1, length)
-    stop = jnp.isin(new, jnp.asarray(stop_ids, jnp.int32)) & (idx < n_new[:, None]) if stop_ids else (
-        jnp.zeros_like(new, bool))
+    stop = jnp.any(new[..., None] == stop_ids, axis=-1) & (idx < n_new[:, None])
     has_stop = jnp.any(stop, axis=1)
     n_new = jnp.where(has_stop, jnp.argmax(stop, axis=1) + 1, n_new)
     n_new = jnp.where(active, n_new, 0)

@@ -22,7 +22,6 @@ GOLDEN_CASES = {
     "gen_greedy_steps8_compress_s4": dict(num_steps=8, cache="compress-s4"),
     "gen_adaptive_kl": dict(num_steps=16, exit_criterion="kl", exit_threshold=5e-4),
     "gen_adaptive_latent_diff": dict(num_steps=16, exit_criterion="latent-diff", exit_threshold=0.05),
-    "gen_speculative_draft4_verify16": dict(num_steps=16, draft_steps=4, lookahead=3),
 }
 
 
@@ -46,6 +45,15 @@ def test_matches_golden(tiny_model, golden, name):
     assert (np.asarray(out.steps) == GOLDEN_CASES[name]["num_steps"]).all()
 
 
+def test_speculative_matches_golden_and_greedy(tiny_model, golden):
+  """Self-speculative decoding (4-iteration drafts of 3 tokens, verified with 16) reproduces the original's golden
+  and, being greedy, the verifier's greedy tokens; the second row accepts differently and decodes independently."""
+  out = _generate(tiny_model, golden["tokens"][:, :PROMPT], num_steps=16, draft_steps=4, lookahead=3)
+  np.testing.assert_array_equal(np.asarray(out.sequences)[:1], golden["gen_speculative_draft4_verify16"])
+  np.testing.assert_array_equal(np.asarray(out.sequences), golden["gen_greedy_steps16"])
+  assert (np.asarray(out.steps) == 16).all()
+
+
 def _recompute_greedy(tiny_model, prompt, new_tokens, num_steps):
   """Greedy decoding by running the full forward from a zero state on the whole sequence for every token."""
   config, params = tiny_model
@@ -65,25 +73,27 @@ def test_cached_greedy_equals_recompute(tiny_model):
 
 
 def test_rows_of_different_lengths_decode_as_if_alone(tiny_model, golden):
-  """A right-padded batch with per-row prompt lengths gives each row what it gives alone (stop ids end a row)."""
+  """A right-padded batch with per-row prompt lengths gives each row what recomputing it alone gives; a stop id
+  ends its row (pad after it, 0 iterations), and stop ids are traced values (no recompilation)."""
   a, b = golden["tokens"][0, :PROMPT], golden["tokens"][1, :5]
-  alone_a = _generate(tiny_model, a[None], num_steps=4, max_new_tokens=6)
-  alone_b = _generate(tiny_model, b[None], num_steps=4, max_new_tokens=6)
-  together = _generate(tiny_model, [a.tolist(), b.tolist()], num_steps=4, max_new_tokens=6)
-  np.testing.assert_array_equal(np.asarray(together.tokens), np.concatenate([alone_a.tokens, alone_b.tokens]))
-  np.testing.assert_array_equal(np.asarray(together.sequences)[1, :5 + 6], np.asarray(alone_b.sequences)[0])
-  np.testing.assert_array_equal(np.asarray(together.sequences)[1, 5 + 6:], [hj.decoding.PAD_ID] * 3)
+  together = _generate(tiny_model, [a.tolist(), b.tolist()], num_steps=4)
+  for row, prompt in enumerate((a, b)):
+    expected = _recompute_greedy(tiny_model, prompt[None], NEW, 4)[0]
+    np.testing.assert_array_equal(np.asarray(together.sequences)[row, :len(expected)], expected)
+  np.testing.assert_array_equal(np.asarray(together.sequences)[1, 5 + NEW:], [hj.decoding.PAD_ID] * 3)
 
-  stop = int(alone_a.tokens[0, 2])  # make the third token of row a a stop id
-  stopped = _generate(tiny_model, [a.tolist(), b.tolist()], num_steps=4, max_new_tokens=6, stop_ids=(stop,))
-  first_stop_b = [i for i, t in enumerate(np.asarray(alone_b.tokens)[0]) if t == stop]
-  n_b = first_stop_b[0] + 1 if first_stop_b else 6
-  assert np.asarray(stopped.num_generated).tolist()[0] == np.argmax(np.asarray(alone_a.tokens)[0] == stop) + 1
-  assert np.asarray(stopped.num_generated).tolist()[1] == n_b
-  row_a = np.asarray(stopped.tokens)[0]
-  n_a = int(stopped.num_generated[0])
-  np.testing.assert_array_equal(row_a[:n_a], np.asarray(alone_a.tokens)[0, :n_a])
-  assert (row_a[n_a:] == hj.decoding.PAD_ID).all() and (np.asarray(stopped.steps)[0, n_a:] == 0).all()
+  before = generate_module.compiled_count()
+  tokens = np.asarray(together.tokens)
+  stop = int(tokens[0, 2])  # the third new token of row 0 becomes a stop id
+  stopped = _generate(tiny_model, [a.tolist(), b.tolist()], num_steps=4, stop_ids=(stop, 65504, 65505))
+  assert generate_module.compiled_count() == before
+  for row in range(2):
+    hits = np.flatnonzero(tokens[row] == stop)
+    n = hits[0] + 1 if len(hits) else NEW
+    assert int(stopped.num_generated[row]) == n
+    np.testing.assert_array_equal(np.asarray(stopped.tokens)[row, :n], tokens[row, :n])
+    assert (np.asarray(stopped.tokens)[row, n:] == hj.decoding.PAD_ID).all()
+    assert (np.asarray(stopped.steps)[row, :n] == 4).all() and (np.asarray(stopped.steps)[row, n:] == 0).all()
 
 
 def test_one_compilation_for_a_generation(tiny_model, golden):
@@ -92,7 +102,7 @@ def test_one_compilation_for_a_generation(tiny_model, golden):
   does not grow with max_new_tokens)."""
   config, params = tiny_model
   prompt = golden["tokens"][:, :PROMPT]
-  run = lambda p, thr: hj.generate(params, p, config=config, max_new_tokens=NEW, num_steps=3,  # noqa: E731
+  run = lambda p, thr: hj.generate(params, p, config=config, max_new_tokens=NEW - 1, num_steps=3,  # noqa: E731
                                    init_scale=0.0, exit_criterion="latent-diff", exit_threshold=thr)
   compiles = []
   listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None  # noqa
