@@ -13,6 +13,7 @@ length_b, length_b + 1, ... so rows of different lengths decode side by side.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -56,13 +57,14 @@ class DecodeSpec:
   draft_steps: int | None
   lookahead: int | None
   cache_dtype: str
-  stream: Callable | None
+  stream: bool
 
 
 class DecodeArgs(NamedTuple):
   exit_threshold: Array
   sampling: sampling.SamplingParams
   stop_ids: Array  # [n] int32; traced, so changing them does not recompile
+  sink: Array  # int32 id of the host callback that receives streamed tokens
 
 
 def prepare_prompt(prompt_ids, prompt_lengths, pad_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,16 +102,24 @@ def prepare_prompt(prompt_ids, prompt_lengths, pad_id: int, vocab_size: int) -> 
   return np.where(real, prompt, 0).astype(np.int32), lengths
 
 
-def _stream_emitter(callback: Callable | None):
-  """Wraps a host callback(new_tokens [B, K], num_new [B]) as an ordered io_callback usable inside the loop."""
-  if callback is None:
+_SINKS: dict[int, Callable] = {}  # host callbacks of the generations running now, by id
+_NEXT_SINK = itertools.count()
+
+
+def _to_sink(sink, tokens, counts):
+  _SINKS[int(sink)](np.asarray(tokens), np.asarray(counts))
+
+
+def _stream_emitter(enabled: bool, sink: Array):
+  """An ordered io_callback usable inside the loop, sending (new_tokens [B, K], num_new [B]) to the host sink.
+
+  The callback is one fixed function and the sink id a traced value, so a new callback does not recompile.
+  """
+  if not enabled:
     return None
 
-  def host(tokens, counts):
-    callback(np.asarray(tokens), np.asarray(counts))
-
   def emit(tokens, counts):
-    jax.experimental.io_callback(host, None, tokens, counts, ordered=True)
+    jax.experimental.io_callback(_to_sink, None, sink, tokens, counts, ordered=True)
   return emit
 
 
@@ -130,7 +140,7 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
   key = jax.random.key(0) if key is None else key
   k_init, k_sample = jax.random.split(key)
   criterion = get_criterion(spec.criterion) if spec.criterion else None
-  emit = _stream_emitter(spec.stream)
+  emit = _stream_emitter(spec.stream, args.sink)
 
   def choose(logits, k, seen):
     return sampling.next_token(logits, k, spec.sampling, args.sampling, seen)
@@ -269,10 +279,21 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
       max_new_tokens=int(max_new_tokens), max_len=max_len, criterion=exit_criterion, continuous=bool(continuous),
       init_scale=float(init_scale), sampling=samp_spec, pad_id=int(pad_id),
       draft_steps=None if not speculative else int(draft_steps), lookahead=None if not speculative else int(lookahead),
-      cache_dtype=jnp.dtype(config.compute_dtype if cache_dtype is None else cache_dtype).name, stream=stream)
+      cache_dtype=jnp.dtype(config.compute_dtype if cache_dtype is None else cache_dtype).name,
+      stream=stream is not None)
   args = DecodeArgs(exit_threshold=np.float32(0.0 if threshold is None else threshold), sampling=samp_params,
-                    stop_ids=np.asarray(list(stop_ids), np.int32).reshape(-1))
-  return _generate_jit(params, prompt, lengths, key, args, config=config_f, spec=spec)
+                    stop_ids=np.asarray(list(stop_ids), np.int32).reshape(-1), sink=np.int32(0))
+  if stream is None:
+    return _generate_jit(params, prompt, lengths, key, args, config=config_f, spec=spec)
+  sink = next(_NEXT_SINK) % (2**31)
+  _SINKS[sink] = stream
+  try:
+    out = _generate_jit(params, prompt, lengths, key, args._replace(sink=np.int32(sink)), config=config_f, spec=spec)
+    jax.block_until_ready(out)
+    jax.effects_barrier()  # every streamed piece has reached the callback
+  finally:
+    del _SINKS[sink]
+  return out
 
 
 def compiled_count() -> int:

@@ -83,8 +83,8 @@ def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: 
     n_new = jnp.where(has_stop, jnp.argmax(stop, axis=1) + 1, n_new)
     n_new = jnp.where(active, n_new, 0)
     new = jnp.where(idx < n_new[:, None], new, pad_id)
-    if emit is not None:
-      emit(new, n_new)
+    if emit is not None:  # the last round may overshoot max_new_tokens; those tokens are not reported
+      emit(new, jnp.minimum(n_new, max_new_tokens - st.count))
 
     tokens = _write_at(st.tokens, st.count, new, active)
     last = jnp.take_along_axis(new, jnp.maximum(n_new - 1, 0)[:, None], axis=1)[:, 0]
