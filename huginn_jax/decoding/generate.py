@@ -56,6 +56,7 @@ class DecodeSpec:
   pad_id: int
   draft_steps: int | None
   lookahead: int | None
+  relaxed_verification: bool
   cache_dtype: str
   stream: bool
 
@@ -65,6 +66,7 @@ class DecodeArgs(NamedTuple):
   sampling: sampling.SamplingParams
   stop_ids: Array  # [n] int32; traced, so changing them does not recompile
   sink: Array  # int32 id of the host callback that receives streamed tokens
+  verification_threshold: Array
 
 
 def prepare_prompt(prompt_ids, prompt_lengths, pad_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +172,8 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
     state = speculative_loop(model, spec.layout, state, jax.random.fold_in(key, 1), num_steps=spec.num_steps,
                              draft_steps=spec.draft_steps, lookahead=spec.lookahead, max_new_tokens=n_new,
                              init_scale=spec.init_scale, choose=choose, stop_ids=args.stop_ids, pad_id=pad,
-                             emit=emit)
+                             emit=emit, verification_threshold=(
+                                 args.verification_threshold if spec.relaxed_verification else None))
     count = jnp.minimum(state.count, n_new)
     tokens = jnp.where(jnp.arange(n_new)[None] < count[:, None], state.tokens[:, :n_new], pad)
     steps = jnp.where(jnp.arange(n_new)[None] < count[:, None], spec.num_steps, 0).astype(jnp.int32)
@@ -224,7 +227,8 @@ def _frozen(config) -> ml_collections.FrozenConfigDict:
 def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int | None = None,
              key: Array | None = None, init_scale: float = 1.0, cache: str = "full",
              exit_criterion: str | None = None, exit_threshold: float | None = None, continuous: bool = False,
-             draft_steps: int | None = None, lookahead: int | None = None, temperature: float = 0.0,
+             draft_steps: int | None = None, lookahead: int | None = None, verification_threshold: float = 1.0,
+             temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, stop_ids: Sequence[int] = STOP_IDS, pad_id: int = PAD_ID,
              prompt_lengths: Any = None, stream: Callable | None = None, cache_dtype: Any = None
@@ -237,7 +241,9 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
   ``exit_criterion``: None, "kl", "minp-kl", "entropy-diff", "latent-diff", "cosine" or "argmax-stability", tested
   after every iteration for each row (``exit_threshold`` default: the original's). ``continuous``: each token's
   state starts from the previous token's final latent. ``draft_steps``/``lookahead``: self-speculative decoding
-  (defaults 32 and 8 as in the original when only one is given). ``temperature`` 0 is greedy; otherwise the
+  (defaults 32 and 8 as in the original when only one is given); a draft token is accepted when it is the
+  verifier's argmax, or with ``verification_threshold`` < 1 when its probability is at least that fraction of the
+  top one. ``temperature`` 0 is greedy; otherwise the
   repetition penalty, temperature, top-k, top-p and min-p filters apply in that order. A row ends after a token
   in ``stop_ids``; the rest of it is ``pad_id``. Prompts: [B, S] right-padded with ``pad_id`` (or with
   ``prompt_lengths``), or a list of token lists. ``stream(new_tokens [B, K], num_new [B])`` is called on the host
@@ -279,10 +285,12 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
       max_new_tokens=int(max_new_tokens), max_len=max_len, criterion=exit_criterion, continuous=bool(continuous),
       init_scale=float(init_scale), sampling=samp_spec, pad_id=int(pad_id),
       draft_steps=None if not speculative else int(draft_steps), lookahead=None if not speculative else int(lookahead),
+      relaxed_verification=speculative and verification_threshold < 1,
       cache_dtype=jnp.dtype(config.compute_dtype if cache_dtype is None else cache_dtype).name,
       stream=stream is not None)
   args = DecodeArgs(exit_threshold=np.float32(0.0 if threshold is None else threshold), sampling=samp_params,
-                    stop_ids=np.asarray(list(stop_ids), np.int32).reshape(-1), sink=np.int32(0))
+                    stop_ids=np.asarray(list(stop_ids), np.int32).reshape(-1), sink=np.int32(0),
+                    verification_threshold=np.float32(verification_threshold))
   if stream is None:
     return _generate_jit(params, prompt, lengths, key, args, config=config_f, spec=spec)
   sink = next(_NEXT_SINK) % (2**31)

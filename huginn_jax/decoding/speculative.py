@@ -42,8 +42,12 @@ def _write_at(buffer: Array, start: Array, new: Array, gate: Array) -> Array:
 def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: int, draft_steps: int,
                      lookahead: int, max_new_tokens: int, init_scale: float,
                      choose: Callable[[Array, Array, Array | None], Array], stop_ids: Array, pad_id: int,
-                     emit: Callable | None = None) -> SpecState:
-  """Runs rounds until every row has ``max_new_tokens`` tokens or produced a stop id."""
+                     verification_threshold: Array | None = None, emit: Callable | None = None) -> SpecState:
+  """Runs rounds until every row has ``max_new_tokens`` tokens or produced a stop id.
+
+  A draft passes verification when it is the verifier's argmax, or, with ``verification_threshold`` t < 1, when the
+  verifier gives it at least t times the probability of its top token (the original's relaxed test).
+  """
   length = lookahead
   idx = jnp.arange(length)[None]
 
@@ -71,7 +75,12 @@ def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: 
     chunk = jnp.concatenate([st.last[:, None], drafted[:, :-1]], axis=1)
     out = run_chunk(model, layout, cache, chunk, st.pos, num_steps=num_steps, active=active,
                     key=jax.random.fold_in(k_init, length), init_scale=init_scale, all_logits=True)
-    mismatch = jnp.argmax(out.logits, axis=-1) != drafted
+    if verification_threshold is None:
+      mismatch = jnp.argmax(out.logits, axis=-1) != drafted
+    else:
+      probs = jax.nn.softmax(out.logits, axis=-1)
+      drafted_probs = jnp.take_along_axis(probs, drafted[..., None], axis=-1)[..., 0]
+      mismatch = drafted_probs < verification_threshold * jnp.max(probs, axis=-1)
     first = jnp.where(jnp.any(mismatch, axis=1), jnp.argmax(mismatch, axis=1), length)
     seen_final = None if st.seen is None else sampling.mark_seen(st.seen, drafted, idx < first[:, None])
     at = jnp.minimum(first, length - 1)

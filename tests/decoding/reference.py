@@ -89,17 +89,20 @@ def _log_softmax(x):
 
 
 def adaptive_generate(params, config, prompt, new_tokens: int, max_steps: int, criterion: str, threshold: float,
-                      strategy: str = "full"):
-  """Returns (all tokens, iterations used per new token) of the original's adaptive greedy decoding."""
+                      strategy: str = "full", continuous: bool = False):
+  """Returns (all tokens, iterations used per new token) of the original's adaptive greedy decoding.
+
+  ``continuous``: each new token starts from the previous token's core state at its exit (before ln_f).
+  """
   model = model_from_params(params, config)
-  cache, tokens, used, done = DictCache(strategy), list(prompt), [], 0
+  cache, tokens, used, done, warm = DictCache(strategy), list(prompt), [], 0, None
   for _ in range(new_tokens):
     chunk = jnp.asarray(tokens[done:], jnp.int32)
     positions = jnp.arange(done, len(tokens), dtype=jnp.int32)
     x = model.embed(chunk)
     for i, block in enumerate(model.prelude):
       x = _block(block, x, positions, cache, i)
-    e, s = x, jnp.zeros_like(x)
+    e, s = x, (jnp.zeros_like(x) if warm is None else warm)
     prev_logp, logits = np.full(config.vocab_size, -np.log(config.vocab_size)), None
     for step in range(max_steps):
       prev = s
@@ -123,5 +126,6 @@ def adaptive_generate(params, config, prompt, new_tokens: int, max_steps: int, c
     if criterion != "kl" or logits is None:
       logits = _head(model, s, positions, cache)
     done = len(tokens)
+    warm = s[-1:] if continuous else None
     tokens.append(int(np.argmax(logits)))
   return np.array(tokens), np.array(used)

@@ -10,16 +10,19 @@ from tests.decoding.test_generate import _recompute_greedy
 PROMPT = 8
 
 
-@pytest.mark.parametrize("strategy,criterion,threshold,new_tokens", [
-    ("latest-m4", "latent-diff", 0.05, 8),  # early-exited tokens are read at their latest step of the same layer
-    ("compress-s3", "kl", 5e-4, 5),  # slots shared across core layers, overwritten by whichever ran last
+@pytest.mark.parametrize("strategy,criterion,threshold,new_tokens,continuous", [
+    ("latest-m4", "latent-diff", 0.05, 8, False),  # early-exited tokens are read at their latest step of the layer
+    ("compress-s3", "kl", 5e-4, 5, False),  # slots shared across core layers, overwritten by whichever ran last
+    ("full", "kl", 5e-4, 5, True),  # warm start from the previous token's state at its exit (before ln_f)
 ])
-def test_matches_a_literal_model_of_the_original(tiny_model, golden, strategy, criterion, threshold, new_tokens):
+def test_matches_a_literal_model_of_the_original(tiny_model, golden, strategy, criterion, threshold, new_tokens,
+                                                 continuous):
   config, params = tiny_model
   prompt = golden["tokens"][0, :PROMPT]
-  tokens, used = adaptive_generate(params, config, prompt, new_tokens, 16, criterion, threshold, strategy)
+  tokens, used = adaptive_generate(params, config, prompt, new_tokens, 16, criterion, threshold, strategy,
+                                   continuous)
   out = hj.generate(params, prompt[None], config=config, max_new_tokens=new_tokens, num_steps=16, init_scale=0.0,
-                    exit_criterion=criterion, exit_threshold=threshold, cache=strategy)
+                    exit_criterion=criterion, exit_threshold=threshold, cache=strategy, continuous=continuous)
   np.testing.assert_array_equal(np.asarray(out.sequences)[0], tokens)
   np.testing.assert_array_equal(np.asarray(out.steps)[0], used)
   assert len(set(used.tolist())) > 1  # tokens really exited at different depths
