@@ -15,7 +15,8 @@ f = c*s + j):
   same core layer (the original hard-codes the 4-layer core in the name).
 
 A query attends to a cached position if it is causally visible and, for a core slot, that position's token wrote
-the slot (for ``full`` this means the token reached that step, the adaptive-compute rule of the original).
+the slot (for ``full`` this means the token reached that step, the adaptive-compute rule of the original). With
+``compress-r{m}`` and early exits the original raises when a slot misses a token; here the token is skipped.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The prompt is one chunk through the model that fills the cache; every new token is a one-token chunk inside a
 while loop that stops when all rows have hit a stop id or ``max_new_tokens``. Settings that change shapes or
 control flow (recurrence, cache strategy, exit criterion, filters on/off) are static; values that do not
-(thresholds, temperature, top-p, min-p, penalty, stop ids, the key, the prompt) are traced, so repeated calls with the same
-shapes and settings reuse one compilation.
+(thresholds, temperature, top-p, min-p, penalty, stop ids, the key, the prompt) are traced, so repeated calls with
+the same shapes and settings reuse one compilation.
 
 Prompts are right-padded: row b holds its prompt in ``prompt_ids[b, :length_b]``; its new tokens take positions
 length_b, length_b + 1, ... so rows of different lengths decode side by side.
@@ -97,8 +97,9 @@ def prepare_prompt(prompt_ids, prompt_lengths, pad_id: int, vocab_size: int) -> 
     raise ValueError(f"every prompt needs between 1 and {prompt.shape[1]} tokens, got lengths {lengths.tolist()}; "
                      "drop empty prompts or start them with the BOS token.")
   real = np.arange(prompt.shape[1])[None] < lengths[:, None]
-  if np.any((prompt < 0) | (prompt >= vocab_size) & real):
-    bad = prompt[real & ((prompt < 0) | (prompt >= vocab_size))]
+  outside = real & ((prompt < 0) | (prompt >= vocab_size))
+  if np.any(outside):
+    bad = prompt[outside]
     raise ValueError(f"prompt token id {int(bad[0])} is outside the vocabulary [0, {vocab_size}); check the "
                      "tokenizer matches the model.")
   return np.where(real, prompt, 0).astype(np.int32), lengths

@@ -5,7 +5,9 @@ token and the first lookahead - 1 drafts as one chunk with ``num_steps`` iterati
 entries). The verifier's argmax at each position is compared with the next draft: the drafts before the first
 mismatch are accepted, followed by a token sampled from the verifier at the mismatch; when all agree, all drafts
 are accepted and no extra token is added, as in the original. Rows accept independently (each has its own
-position), and the whole loop is one ``lax.while_loop``.
+position), and the whole loop is one ``lax.while_loop``. Unlike the original, which may return a few tokens more
+than asked (its last round is not cut) and pads rows of a batch to a common acceptance, every row gets exactly
+``max_new_tokens`` tokens (or fewer after a stop id).
 """
 
 from __future__ import annotations

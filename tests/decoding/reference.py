@@ -1,8 +1,9 @@
 """A slow, literal model of the original's adaptive decoding, for tests: batch 1, greedy, zero initial state, a
-dict KV cache keyed by (cache index, position), token-by-token and step-by-step Python loops, eager JAX on the
-model's own pieces (NumPy for the cache and attention). It mirrors the semantics of the original (prelude indices 0..1, core step s layer j at
-2 + 4s + j, coda at -1, -2; compress-s/-r remapping; which entries a query sees when tokens exited early;
-unmasked attention for one query, causal otherwise) with none of the static-shape machinery under test.
+dict KV cache keyed by (cache index, position), token-by-token and step-by-step Python loops, the model's own
+pieces for the blocks, NumPy for the cache and attention. It mirrors the semantics of the original (prelude
+indices 0..1, core step s layer j at 2 + 4s + j, coda at -1, -2; compress-s/-r remapping; which entries a query
+sees when tokens exited early; unmasked attention for one query, causal otherwise) with none of the static-shape
+machinery under test.
 """
 
 import math
