@@ -12,3 +12,7 @@ __version__ = "0.1.0"
 from huginn_jax.checkpoint.io import export_hf, load, save  # noqa: E402
 
 __all__ += ["export_hf", "load", "save"]
+
+from huginn_jax.decoding import GenerationOutput, generate  # noqa: E402
+
+__all__ += ["GenerationOutput", "generate"]

@@ -1,4 +1,4 @@
-"""The ``huginn-jax`` command line: ``convert``, ``export``, ``forward``."""
+"""The ``huginn-jax`` command line: ``convert``, ``export``, ``forward``, ``generate``, ``chat``."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def _forward(args) -> None:
     prev = out.logits
 
 
+def _generate(args) -> None:
+  from huginn_jax.decoding.interactive import run_generate
+  run_generate(args)
+
+
+def _chat(args) -> None:
+  from huginn_jax.decoding.interactive import run_chat
+  run_chat(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="huginn-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seq-len", type=int, default=32)
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(fn=_forward)
+
+  from huginn_jax.decoding.interactive import add_generation_arguments
+  p = sub.add_parser("generate", help="generate text after a prompt, streamed as it is produced")
+  add_generation_arguments(p)
+  p.add_argument("--prompt", required=True)
+  p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat format")
+  p.set_defaults(fn=_generate)
+
+  p = sub.add_parser("chat", help="chat with the model on the terminal (chat format, streamed replies)")
+  add_generation_arguments(p)
+  p.add_argument("--system", default=None, help="a system message")
+  p.set_defaults(fn=_chat)
   return parser
 
 

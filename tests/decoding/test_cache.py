@@ -1,0 +1,96 @@
+"""Slot mapping of every cache strategy, visibility rules, per-row writes and the memory helper."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import huginn_jax as hj
+from huginn_jax.decoding import cache as cache_lib
+
+
+def _original_core_index(strategy: str, flat: int) -> int:
+  """The original's cache index of core layer ``flat`` (step * 4 + layer), offset by the 2 prelude slots."""
+  idx = 2 + flat
+  if strategy.startswith("compress-s"):
+    return (idx - 2) % int(strategy[len("compress-s"):]) + 2
+  if strategy.startswith("compress-r"):
+    return (idx - 2) // int(strategy[len("compress-r"):]) + 2
+  return idx
+
+
+@pytest.mark.parametrize("strategy", ["full", "latest-m4", "compress-s4", "compress-s3", "compress-r4", "compress-r3"])
+def test_slot_mapping_matches_the_original(strategy):
+  config = hj.get_config("huginn-0125")
+  layout = cache_lib.cache_layout(strategy, config, 32)
+  core = [layout.core_slot(s, j) for s in range(32) for j in range(4)]
+  assert core == [_original_core_index(strategy, f) for f in range(128)]
+  assert sorted(set(core)) == list(range(2, 2 + layout.core_slots))  # every core slot is used, none wasted
+  specials = [layout.prelude_slot(0), layout.prelude_slot(1), layout.coda_slot(0), layout.coda_slot(1)]
+  assert specials[:2] == [0, 1] and len(set(specials)) == 4 and not set(specials) & set(core)
+  assert max(specials) == layout.n_slots - 1
+
+
+def test_slot_counts_and_memory_of_huginn():
+  config = hj.get_config("huginn-0125")
+  counts = {s: cache_lib.cache_layout(s, config, 32).n_slots
+            for s in ("full", "latest-m4", "compress-s4", "compress-r4", "compress-r8")}
+  assert counts == {"full": 132, "latest-m4": 132, "compress-s4": 8, "compress-r4": 36, "compress-r8": 20}
+  per_token = cache_lib.cache_bytes(config, "full", 32, batch=1, max_len=1)
+  assert per_token == 132 * 2 * 5280 * 2  # K and V, bf16
+  assert abs(per_token / 2**20 - 2.66) < 0.01  # DESIGN.md: 2.66 MiB/token
+  table = cache_lib.memory_table(config, 32, batch=1, max_len=4096)
+  assert "compress-s4" in table and f"{per_token * 4096 / 2**30:.3f}" in table
+
+
+def test_unknown_strategy_is_rejected():
+  with pytest.raises(ValueError, match="compress-s"):
+    cache_lib.cache_layout("compress-q4", hj.get_config("tiny"), 4)
+
+
+def test_writes_go_to_each_rows_position_and_respect_the_gate():
+  config = hj.get_config("tiny")
+  layout = cache_lib.cache_layout("full", config, 2)
+  cache = cache_lib.init_cache(layout, config, batch=3, max_len=6)
+  k = jnp.arange(3 * 2 * 4 * 16, dtype=jnp.float32).reshape(3, 2, 4, 16) + 1
+  start, gate = jnp.array([0, 3, 4]), jnp.array([True, True, False])
+  cache = cache_lib.write_kv(cache, 5, start, k, -k, gate)
+  cache = cache_lib.set_depth(cache, start, 2, 7, gate)
+  got = np.asarray(cache.k[5])
+  np.testing.assert_array_equal(got[0, :2], k[0])
+  np.testing.assert_array_equal(got[1, 3:5], k[1])
+  assert not got[0, 2:].any() and not got[1, :3].any() and not got[2].any()  # nothing else, gated row untouched
+  np.testing.assert_array_equal(np.asarray(cache.v[5]), -got)
+  assert not np.asarray(cache.k[:5]).any() and not np.asarray(cache.k[6:]).any()
+  np.testing.assert_array_equal(np.asarray(cache.depth), [[7, 7, 0, 0, 0, 0], [0, 0, 0, 7, 7, 0], [0] * 6])
+
+
+def test_visibility_follows_the_depth_of_each_token():
+  config = hj.get_config("tiny")
+  depth = jnp.array([[1, 3, 2, 0]])
+  full = cache_lib.cache_layout("full", config, 3)
+  # full: core slot of step s is visible to tokens with more than s iterations
+  for step in range(3):
+    got = np.asarray(cache_lib.core_visible(full, depth, full.core_slot(step, 2)))
+    np.testing.assert_array_equal(got, np.asarray(depth) > step)
+  latest = cache_lib.cache_layout("latest-m4", config, 3)
+  np.testing.assert_array_equal(np.asarray(cache_lib.core_visible(latest, depth, latest.core_slot(2, 0))),
+                                [[True, True, True, False]])
+  # compress-r8: slot 1 (flat core indices 8..11 = step 2) is written only by tokens with 3 iterations
+  r8 = cache_lib.cache_layout("compress-r8", config, 3)
+  np.testing.assert_array_equal(np.asarray(cache_lib.core_visible(r8, depth, r8.core_slot(2, 1))),
+                                [[False, True, False, False]])
+  np.testing.assert_array_equal(np.asarray(cache_lib.core_visible(r8, depth, r8.core_slot(1, 3))),
+                                [[True, True, True, False]])
+
+
+def test_latest_m4_reads_each_token_at_its_last_step_of_the_same_layer():
+  config = hj.get_config("tiny")
+  layout = cache_lib.cache_layout("latest-m4", config, 4)
+  cache = cache_lib.init_cache(layout, config, batch=1, max_len=4)
+  ids = jnp.arange(layout.n_slots, dtype=jnp.float32)[:, None, None, None, None]
+  cache = cache._replace(k=cache.k + ids, v=cache.v - ids, depth=jnp.array([[4, 1, 2, 3]]))
+  for step in range(4):
+    k, v = cache_lib.read_core_kv(cache, layout, step, 1)
+    expected = [layout.core_slot(min(step, d - 1), 1) for d in (4, 1, 2, 3)]
+    np.testing.assert_array_equal(np.asarray(k)[0, :, 0, 0], expected)
+    np.testing.assert_array_equal(np.asarray(v)[0, :, 0, 0], -np.array(expected))
