@@ -125,8 +125,10 @@ def _attention_mask(batch: int, seq: int, attention_mask: Array | None) -> Array
   return mask
 
 
-def _prepare(model: Huginn, tokens, positions, attention_mask, initial_state, key, init_scale):
-  """Runs the prelude and builds the initial state; shared by forward and loss."""
+def prepare(model: Huginn, tokens, positions, attention_mask, initial_state, key, init_scale):
+  """Runs the prelude and builds the initial state: (e, s0, positions, mask) for ``iterate`` and ``Huginn.head``.
+
+  Shared by ``forward``, ``loss`` and code that inspects the recurrence step by step."""
   batch, seq = tokens.shape
   if positions is None:
     positions = jnp.arange(seq, dtype=jnp.int32)[None]
@@ -159,7 +161,7 @@ def forward(params: Params, token_ids, *, config, num_steps=None, initial_state:
   tokens = _check_tokens(token_ids, config)
   num_steps = _check_steps(config.mean_recurrence if num_steps is None else num_steps)
   model = model_from_params(params, config)
-  e, s, positions, mask = _prepare(model, tokens, positions, attention_mask, initial_state, key, init_scale)
+  e, s, positions, mask = prepare(model, tokens, positions, attention_mask, initial_state, key, init_scale)
   s = iterate(model.core, s, e, positions, mask, num_steps)
   latents, logits = model.head(s, positions, mask)
   return ForwardOutput(logits=logits, latents=latents)
@@ -191,7 +193,7 @@ def loss(params: Params, token_ids, labels, *, config, num_steps=None, initial_s
     max_grad_steps = config.mean_backprop_depth
   policy = config.remat_policy if remat_policy is None else remat_policy
   model = model_from_params(params, config)
-  e, s, positions, mask = _prepare(model, tokens, None, attention_mask, initial_state, key, init_scale)
+  e, s, positions, mask = prepare(model, tokens, None, attention_mask, initial_state, key, init_scale)
   sg = jax.lax.stop_gradient
   s = sg(iterate(sg(model.core), sg(s), sg(e), positions, mask, n))
   s = iterate(model.core, s, e, positions, mask, k, max_steps=max_grad_steps, remat_policy=policy)
