@@ -1,5 +1,7 @@
 """Parity with the original PyTorch Huginn: the golden fixture saved by recpre/raven_modeling_minimal.py."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -37,8 +39,8 @@ def _labels(tokens):
 def test_truncated_backprop_loss_and_every_gradient(tiny_model, golden):
   config, params = tiny_model
   tokens = golden["tokens"]
-  value, grads = jax.value_and_grad(hj.loss)(params, tokens, _labels(tokens), config=config, num_steps=(3, 2),
-                                             initial_state=jnp.asarray(golden["input_states"]))
+  loss = jax.jit(jax.value_and_grad(functools.partial(hj.loss, config=config, num_steps=(3, 2))))
+  value, grads = loss(params, tokens, _labels(tokens), initial_state=jnp.asarray(golden["input_states"]))
   assert abs(float(value) - float(golden["train_loss_n3_k2"])) / float(golden["train_loss_n3_k2"]) < TOL
   checked = 0
   for rule in hf.rules(config):
@@ -55,7 +57,8 @@ def test_traced_grad_steps_equal_static(tiny_model, golden):
   """A traced k (masked scan of static length) gives the same loss and gradient as a Python int k."""
   config, params = tiny_model
   tokens, state = golden["tokens"], jnp.asarray(golden["input_states"])
-  static = jax.grad(hj.loss)(params, tokens, _labels(tokens), config=config, num_steps=(3, 2), initial_state=state)
+  static = jax.jit(jax.grad(functools.partial(hj.loss, config=config, num_steps=(3, 2))))(
+      params, tokens, _labels(tokens), initial_state=state)
 
   @jax.jit
   def traced(params, n, k):
