@@ -83,3 +83,53 @@ def memory_analysis(fn: Callable, *args: Any, names: Sequence[str] | None = None
                       aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
                       generated_code=stats.generated_code_size_in_bytes,
                       peak=int(getattr(stats, "peak_memory_in_bytes", 0) or 0))
+
+
+# --- compiling for a TPU slice from a host without one ---------------------------------------------------------
+
+_TPU_GENERATIONS = {  # accelerator-type prefix: (topology prefix, chip config, cores per chip counted in the type)
+    "v4": ("v4", "megacore", 2),
+    "v5p": ("v5", "megacore", 2),
+    "v5litepod": ("v5e", "default", 1),
+    "v6e": ("v6e", "default", 1),
+}
+_TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+             512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_TORUS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
+def tpu_topology(accelerator_type: str) -> dict[str, Any]:
+  """``jax.experimental.topologies.get_topology_desc`` arguments for a Cloud TPU accelerator type (v4-32,
+  v5litepod-64, v5p-128, v6e-256, ...), with the usual slice shape for its chip count."""
+  prefix, _, count = accelerator_type.rpartition("-")
+  if prefix not in _TPU_GENERATIONS or not count.isdigit():
+    raise ValueError(f"Unknown TPU accelerator type {accelerator_type!r}; use v4-N, v5litepod-N, v5p-N or v6e-N.")
+  name, chip_config, cores_per_chip = _TPU_GENERATIONS[prefix]
+  chips = int(count) // cores_per_chip
+  shapes = _TORUS_3D if cores_per_chip == 2 else _TORUS_2D
+  if chips not in shapes:
+    raise ValueError(f"No slice shape known for {accelerator_type!r} ({chips} chips); known chip counts: "
+                     f"{sorted(shapes)}.")
+  host_bounds = (2, 4, 1) if shapes is _TORUS_2D and chips == 8 else (2, 2, 1)
+  if chips < 4:
+    host_bounds = (1, 1, 1)
+  return {"topology_name": f"{name}:{shapes[chips]}", "chip_config_name": chip_config,
+          "chips_per_host_bounds": host_bounds, "num_slices": 1}
+
+
+def tpu_mesh(accelerator_type: str, mesh_shape: Sequence[int], axis_names: Sequence[str]) -> jax.sharding.Mesh:
+  """A mesh of compile-only devices of a TPU slice: programs lowered under it compile with the TPU compiler (and
+  the Pallas TPU kernels with Mosaic) on a CPU host, so ``memory_analysis`` reports the TPU's own figures.
+  Needs the libtpu that matches jax (``pip install 'jax[tpu]'`` pulls it in) but no TPU."""
+  from jax.experimental import topologies
+
+  try:
+    import libtpu  # noqa: F401
+  except ImportError as err:
+    raise RuntimeError("compiling for a TPU slice needs libtpu: pip install 'jax[tpu]' (it pins the libtpu "
+                       "version that matches jax); no TPU is needed.") from err
+  devices = topologies.get_topology_desc(platform="tpu", **tpu_topology(accelerator_type)).devices
+  if math.prod(mesh_shape) != len(devices):
+    raise ValueError(f"mesh shape {tuple(mesh_shape)} has {math.prod(mesh_shape)} devices but {accelerator_type} has "
+                     f"{len(devices)}; make the axis sizes multiply to {len(devices)}.")
+  return jax.sharding.Mesh(np.array(devices).reshape(tuple(mesh_shape)), tuple(axis_names))

@@ -162,28 +162,35 @@ def _kernel_partition(mesh, batch: int, heads: int) -> tuple[tuple[str, ...], st
   return tuple(batch_axes), head_axis
 
 
+def _target_platform(mesh) -> str:
+  """The platform the code is compiled for: the mesh's devices (which may be compile-only TPU devices of an
+  ahead-of-time topology on a CPU host), else the default backend."""
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return getattr(device, "platform", None) or jax.default_backend()
+
+
 def pallas_attention(q: Array, k: Array, v: Array, mask=None, *, interpret: bool | None = None) -> Array:
   """The Pallas TPU splash kernel, with padding, the 1/sqrt(head_dim) scale and the mask translated for it.
 
-  ``interpret`` defaults to True off TPU (with a warning: the interpreter is slow). Under a mesh set with
+  ``interpret`` defaults to True unless compiling for TPU (with a warning: the interpreter is slow). Under a mesh set with
   ``jax.set_mesh`` the kernel runs per shard through ``jax.shard_map`` (batch over data/fsdp, heads over tensor);
   without one it runs on whole arrays. Dense masks and S != T go through ``xla_attention`` (see the module doc).
   """
   seq, kv_len = q.shape[1], k.shape[1]
   if (mask is not None and not isinstance(mask, SelfAttentionMask)) or seq != kv_len:
     return xla_attention(q, k, v, mask)
+  mesh = jax.sharding.get_abstract_mesh()
   if interpret is None:
-    backend = jax.default_backend()
-    interpret = backend != "tpu"
+    platform = _target_platform(mesh)
+    interpret = platform != "tpu"
     if interpret:
-      warnings.warn(f"attention_impl='pallas' on the {backend!r} backend runs the Pallas TPU splash kernel in the "
+      warnings.warn(f"attention_impl='pallas' on the {platform!r} backend runs the Pallas TPU splash kernel in the "
                     "Pallas interpreter, which is slow and meant for tests; use attention_impl='xla' off TPU.",
                     stacklevel=2)
   causal = mask is not None
   kv_valid = mask.kv_valid if causal else None
   body = functools.partial(_splash, causal=causal, interpret=interpret)
 
-  mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1 or mesh.manual_axes:  # no mesh, or already inside a shard_map: arrays are local
     return body(q, k, v, kv_valid)
   batch_axes, head_axis = _kernel_partition(mesh, q.shape[0], q.shape[2])

@@ -77,3 +77,29 @@ def test_donated_state_is_counted_once(mesh):
 def test_names_must_match_the_inputs(mesh):
   with pytest.raises(ValueError, match="one name per positional input"):
     aot.memory_analysis(lambda x: x * 2, jax.ShapeDtypeStruct((4,), jnp.float32), names=["a", "b"])
+
+
+@pytest.mark.parametrize("accelerator,topology,chip_config", [
+    ("v4-32", "v4:2x2x4", "megacore"),
+    ("v5p-128", "v5:4x4x4", "megacore"),
+    ("v5litepod-64", "v5e:8x8", "default"),
+    ("v6e-256", "v6e:16x16", "default"),
+    ("v6e-8", "v6e:2x4", "default"),
+])
+def test_tpu_topology_of_accelerator_types(accelerator, topology, chip_config):
+  desc = aot.tpu_topology(accelerator)
+  assert desc["topology_name"] == topology and desc["chip_config_name"] == chip_config
+  chips = math.prod(int(n) for n in topology.split(":")[1].split("x"))
+  assert chips == (int(accelerator.rsplit("-", 1)[1]) // (2 if chip_config == "megacore" else 1))
+
+
+@pytest.mark.parametrize("accelerator", ["v7-8", "v5p-12", "tpu"])
+def test_tpu_topology_rejects_unknown_types(accelerator):
+  with pytest.raises(ValueError, match=accelerator):
+    aot.tpu_topology(accelerator)
+
+
+def test_tpu_mesh_without_libtpu_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(__import__("sys").modules, "libtpu", None)  # makes `import libtpu` fail
+  with pytest.raises(RuntimeError, match=r"needs libtpu: pip install 'jax\[tpu\]'"):
+    aot.tpu_mesh("v5p-8", (1, 4, 1), ("data", "fsdp", "tensor"))
