@@ -172,9 +172,10 @@ def _target_platform(mesh) -> str:
 def pallas_attention(q: Array, k: Array, v: Array, mask=None, *, interpret: bool | None = None) -> Array:
   """The Pallas TPU splash kernel, with padding, the 1/sqrt(head_dim) scale and the mask translated for it.
 
-  ``interpret`` defaults to True unless compiling for TPU (with a warning: the interpreter is slow). Under a mesh set with
-  ``jax.set_mesh`` the kernel runs per shard through ``jax.shard_map`` (batch over data/fsdp, heads over tensor);
-  without one it runs on whole arrays. Dense masks and S != T go through ``xla_attention`` (see the module doc).
+  ``interpret`` defaults to True unless compiling for TPU (with a warning: the interpreter is slow). Under a mesh
+  set with ``jax.set_mesh`` the kernel runs per shard through ``jax.shard_map`` (batch over data/fsdp, heads over
+  tensor); without one it runs on whole arrays. Dense masks and S != T go through ``xla_attention`` (see the
+  module doc).
   """
   seq, kv_len = q.shape[1], k.shape[1]
   if (mask is not None and not isinstance(mask, SelfAttentionMask)) or seq != kv_len:
