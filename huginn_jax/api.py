@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from huginn_jax import config as config_lib
-from huginn_jax.layers import causal_mask
+from huginn_jax.attention import SelfAttentionMask
 from huginn_jax.model import Huginn, iterate
 
 Array = jax.Array
@@ -116,13 +116,12 @@ def _check_tokens(tokens, config) -> Array:
   return tokens.astype(jnp.int32)
 
 
-def _attention_mask(batch: int, seq: int, attention_mask: Array | None) -> Array:
-  mask = causal_mask(seq, seq)
-  if attention_mask is not None:
-    if attention_mask.shape != (batch, seq):
-      raise ValueError(f"attention_mask must be [batch, seq] = {(batch, seq)}, got {attention_mask.shape}.")
-    mask = mask & attention_mask.astype(bool)[:, None, None, :]
-  return mask
+def _attention_mask(batch: int, seq: int, attention_mask: Array | None) -> SelfAttentionMask:
+  """Causal self-attention, excluding padding keys when ``attention_mask`` is given; kept structured so flash
+  kernels can use it (``huginn_jax.attention``)."""
+  if attention_mask is not None and attention_mask.shape != (batch, seq):
+    raise ValueError(f"attention_mask must be [batch, seq] = {(batch, seq)}, got {attention_mask.shape}.")
+  return SelfAttentionMask(kv_valid=None if attention_mask is None else attention_mask.astype(bool))
 
 
 def prepare(model: Huginn, tokens, positions, attention_mask, initial_state, key, init_scale):

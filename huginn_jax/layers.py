@@ -7,17 +7,17 @@ and from the original's torch names and layouts.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# Attention backends live in huginn_jax.attention; re-exported here, where callers first found them.
+from huginn_jax.attention import NEG_INF, causal_mask, dot_product_attention  # noqa: F401
+
 Array = jax.Array
 Initializer = Callable[..., Array]
-
-NEG_INF = -1e30  # finite, so fully masked rows give a uniform distribution instead of NaN
 
 
 def param(rngs: nnx.Rngs | None, init: Initializer, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...]):
@@ -59,24 +59,6 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
   return out.reshape(x.shape).astype(x.dtype)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, impl: str = "xla") -> Array:
-  """Scaled dot-product attention. q [B,S,H,D], k/v [B,T,H,D], mask broadcastable to [B,H,S,T] (True = attend)."""
-  if impl == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  scores = jnp.einsum("bshd,bthd->bhst", q, k, preferred_element_type=jnp.float32) * scale
-  if mask is not None:
-    scores = jnp.where(mask, scores, NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhst,bthd->bshd", probs, v)
-
-
-def causal_mask(q_len: int, kv_len: int, q_offset: Array | int = 0) -> Array:
-  """[1, 1, S, T] mask: query i (at absolute position q_offset + i) sees keys at positions <= its own."""
-  q_pos = jnp.arange(q_len)[:, None] + q_offset
-  return (jnp.arange(kv_len)[None, :] <= q_pos)[None, None]
-
-
 class Attention(nnx.Module):
   """Causal self-attention with a fused QKV projection, a per-head q/k bias added before RoPE, and RoPE."""
 
@@ -102,7 +84,8 @@ class Attention(nnx.Module):
   def out(self, y: Array) -> Array:
     return jnp.einsum("bshk,hkd->bsd", y, self.proj[...].astype(y.dtype))
 
-  def __call__(self, x: Array, positions: Array, mask: Array | None) -> Array:
+  def __call__(self, x: Array, positions: Array, mask) -> Array:
+    """``mask``: None, a ``SelfAttentionMask`` or a dense boolean mask (see ``huginn_jax.attention``)."""
     q, k, v = self.qkv(x, positions)
     return self.out(dot_product_attention(q, k, v, mask, self.impl))
 

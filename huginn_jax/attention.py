@@ -1,0 +1,219 @@
+"""Attention backends behind one switch (``config.attention_impl``).
+
+- ``"xla"``: plain einsum + softmax; runs everywhere and is the reference the others are tested against.
+- ``"cudnn"``: cuDNN flash attention through ``jax.nn.dot_product_attention(implementation="cudnn")``; NVIDIA GPUs
+  with bfloat16/float16 activations only. Asking for it elsewhere raises an error naming the fix (no silent
+  fallback: a user who asked for flash attention should learn that they are not getting it).
+- ``"pallas"``: the Pallas TPU splash-attention kernel. Huginn's head_dim 96 is zero-padded to the kernel's 128 lanes
+  (the softmax scale stays 1/sqrt(96)) and the sequence to a multiple of the kernel block. Off TPU the same kernel
+  runs in the Pallas interpreter (slow, with a warning), which is how the tests exercise it on CPU.
+
+Masks: the model's self-attention mask is a ``SelfAttentionMask`` (causal, optionally excluding padding keys) rather
+than a dense [S, T] array, so flash kernels can skip masked blocks and take padding as segment ids. Any dense
+boolean mask broadcastable to [B, H, S, T] is accepted too (decoding against a KV cache builds those); with a dense
+mask, or when queries and keys differ in length, the ``"pallas"`` backend computes with XLA, since the kernel takes
+only the structured mask and gains nothing for the short query blocks of decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+NEG_INF = -1e30  # finite, so fully masked rows give a uniform distribution instead of NaN
+
+# Mesh axes the Pallas kernel is split over when a mesh is set (``jax.set_mesh``): batch over data/fsdp, heads over
+# tensor. Queries, keys and values are resharded to this layout if they arrive otherwise.
+BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"
+LANES = 128  # the TPU vector lane width: the kernel's head_dim and sequence blocks are multiples of it
+BLOCKS = (512, 256, 128)  # kernel tile sizes tried, largest first; the padded sequence length picks one
+
+
+def causal_mask(q_len: int, kv_len: int, q_offset: Array | int = 0) -> Array:
+  """[1, 1, S, T] mask: query i (at absolute position q_offset + i) sees keys at positions <= its own."""
+  q_pos = jnp.arange(q_len)[:, None] + q_offset
+  return (jnp.arange(kv_len)[None, :] <= q_pos)[None, None]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SelfAttentionMask:
+  """Causal self-attention (queries and keys are the same positions), optionally without padding keys.
+
+  ``kv_valid`` [B, T] is True for real tokens. Passed through the model in place of a dense mask; ``dense`` gives
+  the [B|1, 1, S, T] boolean form that XLA attention uses.
+  """
+
+  kv_valid: Array | None = None
+
+  def dense(self, q_len: int, kv_len: int) -> Array:
+    mask = causal_mask(q_len, kv_len)
+    if self.kv_valid is not None:
+      mask = mask & self.kv_valid.astype(bool)[:, None, None, :]
+    return mask
+
+
+def as_dense(mask, q_len: int, kv_len: int) -> Array | None:
+  """The boolean array form of any mask this module accepts (None stays None: attend everywhere)."""
+  return mask.dense(q_len, kv_len) if isinstance(mask, SelfAttentionMask) else mask
+
+
+def xla_attention(q: Array, k: Array, v: Array, mask=None) -> Array:
+  """Reference attention: scores and softmax in float32, probabilities cast to the value dtype."""
+  mask = as_dense(mask, q.shape[1], k.shape[1])
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  scores = jnp.einsum("bshd,bthd->bhst", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    scores = jnp.where(mask, scores, NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhst,bthd->bshd", probs, v)
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, mask=None) -> Array:
+  """cuDNN flash attention (NVIDIA GPU, bf16/fp16); the causal structure goes to cuDNN as a mask type."""
+  backend = jax.default_backend()
+  if backend != "gpu":
+    raise ValueError(f"attention_impl='cudnn' runs cuDNN flash attention, which needs an NVIDIA GPU with a CUDA "
+                     f"build of jax (pip install 'jax[cuda12]'), but the jax backend here is {backend!r}. Set "
+                     "config.attention_impl='xla' (any backend) or 'pallas' (TPU).")
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention_impl='cudnn' needs bfloat16 or float16 activations, got {q.dtype}. Set "
+                     "config.compute_dtype='bfloat16', or config.attention_impl='xla' for float32.")
+  if isinstance(mask, SelfAttentionMask):
+    padding = None
+    if mask.kv_valid is not None:
+      b, s, _, _ = q.shape
+      padding = jnp.broadcast_to(mask.kv_valid.astype(bool)[:, None, None, :], (b, 1, s, k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=padding, is_causal=True, implementation="cudnn")
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(heads: int, seq: int, causal: bool, interpret: bool):
+  """The splash kernel for [heads, seq, head_dim] inputs (one batch row); seq is a multiple of LANES."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  block = next(b for b in BLOCKS if seq % b == 0)
+  shape = (seq, seq)
+  head_mask = splash.CausalMask(shape) if causal else splash.FullMask(shape)
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * heads), head_shards=1, q_seq_shards=1,
+                                block_sizes=sizes, interpret=interpret)
+
+
+def _splash(q: Array, k: Array, v: Array, kv_valid: Array | None, *, causal: bool, interpret: bool) -> Array:
+  """Splash attention on [B, S, H, D] inputs: pads head_dim to LANES and S to a block, then slices back.
+
+  Padding bookkeeping: zero columns added to q and k leave q.k unchanged and zero columns of v give zero output
+  columns, so slicing restores the exact result. Padded sequence positions sit after the real ones, so causal
+  rows never see them; when they could (no causal mask) or when padding keys must be excluded, segment ids do it
+  (real = 1, padding = 0). Every row keeps at least one visible key (itself), so no row is empty (no NaN).
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+  batch, seq, heads, head_dim = q.shape
+  scale = 1.0 / math.sqrt(head_dim)
+  seq_p, dim_p = _round_up(seq, LANES), _round_up(head_dim, LANES)
+  q = (q.astype(jnp.float32) * scale).astype(q.dtype)  # the kernel has no softmax scale; it goes on q
+
+  def to_kernel(x):  # [B, S, H, D] -> [B, H, S_p, D_p]
+    x = jnp.swapaxes(x, 1, 2)
+    return jnp.pad(x, ((0, 0), (0, 0), (0, seq_p - seq), (0, dim_p - head_dim)))
+
+  kernel = _splash_kernel(heads, seq_p, causal, interpret)
+  qp, kp, vp = to_kernel(q), to_kernel(k), to_kernel(v)
+  if kv_valid is not None or (not causal and seq_p != seq):
+    real = jnp.ones((batch, seq), jnp.int32) if kv_valid is None else kv_valid.astype(jnp.int32)
+    ids = jnp.pad(real, ((0, 0), (0, seq_p - seq)))
+    out = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=splash.SegmentIds(q=ids, kv=ids)))(
+        qp, kp, vp, ids)
+  else:
+    out = jax.vmap(kernel)(qp, kp, vp)
+  return jnp.swapaxes(out[:, :, :seq, :head_dim], 1, 2).astype(v.dtype)
+
+
+def _kernel_partition(mesh, batch: int, heads: int) -> tuple[tuple[str, ...], str | None]:
+  """Mesh axes for the kernel's batch and head dims: those of BATCH_AXES whose sizes keep dividing the batch, and
+  HEAD_AXIS if it divides the head count (Huginn's 55 heads divide only by 5, 11, 55; otherwise each tensor shard
+  computes all heads of its batch rows)."""
+  batch_axes, size = [], 1
+  for name in BATCH_AXES:
+    if name in mesh.axis_names and mesh.shape[name] > 1 and batch % (size * mesh.shape[name]) == 0:
+      batch_axes.append(name)
+      size *= mesh.shape[name]
+  head_axis = None
+  if HEAD_AXIS in mesh.axis_names and mesh.shape[HEAD_AXIS] > 1 and heads % mesh.shape[HEAD_AXIS] == 0:
+    head_axis = HEAD_AXIS
+  return tuple(batch_axes), head_axis
+
+
+def _target_platform(mesh) -> str:
+  """The platform the code is compiled for: the mesh's devices (which may be compile-only TPU devices of an
+  ahead-of-time topology on a CPU host), else the default backend."""
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return getattr(device, "platform", None) or jax.default_backend()
+
+
+def pallas_attention(q: Array, k: Array, v: Array, mask=None, *, interpret: bool | None = None) -> Array:
+  """The Pallas TPU splash kernel, with padding, the 1/sqrt(head_dim) scale and the mask translated for it.
+
+  ``interpret`` defaults to True unless compiling for TPU (with a warning: the interpreter is slow). Under a mesh
+  set with ``jax.set_mesh`` the kernel runs per shard through ``jax.shard_map`` (batch over data/fsdp, heads over
+  tensor); without one it runs on whole arrays. Dense masks and S != T go through ``xla_attention`` (see the
+  module doc).
+  """
+  seq, kv_len = q.shape[1], k.shape[1]
+  if (mask is not None and not isinstance(mask, SelfAttentionMask)) or seq != kv_len:
+    return xla_attention(q, k, v, mask)
+  mesh = jax.sharding.get_abstract_mesh()
+  if interpret is None:
+    platform = _target_platform(mesh)
+    interpret = platform != "tpu"
+    if interpret:
+      warnings.warn(f"attention_impl='pallas' on the {platform!r} backend runs the Pallas TPU splash kernel in the "
+                    "Pallas interpreter, which is slow and meant for tests; use attention_impl='xla' off TPU.",
+                    stacklevel=2)
+  causal = mask is not None
+  kv_valid = mask.kv_valid if causal else None
+  body = functools.partial(_splash, causal=causal, interpret=interpret)
+
+  if mesh.empty or mesh.size == 1 or mesh.manual_axes:  # no mesh, or already inside a shard_map: arrays are local
+    return body(q, k, v, kv_valid)
+  batch_axes, head_axis = _kernel_partition(mesh, q.shape[0], q.shape[2])
+  P = jax.sharding.PartitionSpec
+  specs = (P(batch_axes or None, None, head_axis, None),) * 3
+  args = (q, k, v)
+  if kv_valid is not None:
+    specs, args = specs + (P(batch_axes or None, None),), args + (kv_valid,)
+  if mesh.explicit_axes:  # explicit-sharding meshes type every array by its sharding; shard_map wants them to agree
+    args = tuple(jax.reshard(x, spec) for x, spec in zip(args, specs))
+  kernel = jax.shard_map(lambda q, k, v, *valid: body(q, k, v, *(valid or (None,))), in_specs=specs,
+                         out_specs=specs[0], check_vma=False)
+  return kernel(*args)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "xla") -> Array:
+  """Scaled dot-product attention. q [B,S,H,D], k/v [B,T,H,D]; mask is None (attend everywhere), a
+  ``SelfAttentionMask``, or booleans broadcastable to [B,H,S,T] (True = attend). ``impl`` picks the backend."""
+  if impl == "xla":
+    return xla_attention(q, k, v, mask)
+  if impl == "cudnn":
+    return cudnn_attention(q, k, v, mask)
+  if impl == "pallas":
+    return pallas_attention(q, k, v, mask)
+  raise ValueError(f"Unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}.")
