@@ -1,0 +1,1 @@
+"""Training: the recurrence sampler, the optimizer, the sharded train step and the loop."""
