@@ -33,6 +33,8 @@ def _base() -> ml_collections.ConfigDict:
   c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of each gradient iteration ("none" disables)
   c.init_from = config_dict.placeholder(str)  # a checkpoint to fine-tune from (HF dir or our Orbax dir)
   c.workdir = "outputs/run"
+  c.distributed = "auto"  # jax.distributed.initialize(): "auto" (when several hosts are detected), True, False
+  c.compilation_cache_dir = config_dict.placeholder(str)  # JAX persistent compilation cache
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam_atan2"  # the original's; or "adamw"

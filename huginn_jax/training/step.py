@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -37,6 +38,12 @@ def initial_latent(params, model_config, keys: jax.Array, seq_len: int, init_sca
     return jnp.zeros((keys.shape[0], *shape), dtype)
   model = api.model_from_params(params, model_config)
   return jax.vmap(lambda key: model.initial_state(jax.ShapeDtypeStruct(shape, dtype), key, init_scale))(keys)
+
+
+def step_keys(seed: int, step) -> tuple[jax.Array, jax.Array]:
+  """(key of the depth draw, key of the initial states) of a step: the same on every host and after a resume."""
+  depth_key, state_key = jax.random.split(sampler.step_key(jax.random.key(seed), step))
+  return depth_key, state_key
 
 
 def row_keys(state_key: jax.Array, batch_size: int) -> jax.Array:
@@ -73,7 +80,7 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")
     labels = constrain(batch["labels"], BATCH_AXES, name="batch labels")
-    depth_key, state_key = jax.random.split(sampler.step_key(jax.random.key(seed), state.step))
+    depth_key, state_key = step_keys(seed, state.step)
     n, k = sampler.sample_depth(depth_key, r, k0, sigma)
     accum, micro = inputs.shape[:2]
     keys = row_keys(state_key, accum * micro).reshape(accum, micro)
@@ -107,6 +114,19 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
+
+
+def depth_schedule(train_config, model_config, start: int, end: int) -> np.ndarray:
+  """The (n, k) that the train steps ``start..end-1`` draw, as an int array [end - start, 2], computed in one
+  call before the loop (for FLOP counts), so the host never waits on the device for them."""
+  r, k0 = train_config_lib.depth(train_config, model_config)
+  seed, sigma = int(train_config.seed), float(train_config.sampler_sigma)
+
+  @jax.jit
+  def draw(steps):
+    return jax.vmap(lambda s: jnp.stack(sampler.sample_depth(step_keys(seed, s)[0], r, k0, sigma)))(steps)
+
+  return np.asarray(draw(jnp.arange(start, end, dtype=jnp.int32)))
 
 
 def batch_sharding(mesh: Mesh, rules: Mapping[str, Any], shape: tuple[int, ...]) -> NamedSharding:
