@@ -73,6 +73,16 @@ def load_finetune_params(path: str, model_config, shardings):
   return params
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Turns on JAX's persistent compilation cache in ``path`` (also when compilations already ran uncached)."""
+  from jax.experimental.compilation_cache import compilation_cache
+  path = os.path.abspath(path)
+  if jax.config.jax_compilation_cache_dir != path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+
+
 def _make_global_batch(batch: dict, accum: int, sharding) -> dict:
   """Host batch [local_batch, seq] -> global arrays [accum, micro, seq] laid out by ``sharding``."""
   out = {}
@@ -114,8 +124,7 @@ def train(train_config: ml_collections.ConfigDict, model_config: ml_collections.
   is_main = jax.process_index() == 0
   log = log or (lambda s: print(s, flush=True) if is_main else None)
   if train_config.get("compilation_cache_dir"):
-    jax.config.update("jax_compilation_cache_dir", train_config.compilation_cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    enable_compilation_cache(train_config.compilation_cache_dir)
 
   mesh = sharding_lib.make_mesh(dict(train_config.mesh), devices)
   rules = sharding_lib.rules_table(train_config.sharding_rules)
