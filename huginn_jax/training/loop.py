@@ -83,6 +83,16 @@ def enable_compilation_cache(path: str) -> None:
     compilation_cache.reset_cache()
 
 
+def _check_token_range(batch: dict, vocab_size: int) -> None:
+  inputs, labels = np.asarray(batch["inputs"]), np.asarray(batch["labels"])
+  bad_labels = (labels != api.IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size))
+  if inputs.min() < 0 or inputs.max() >= vocab_size or bad_labels.any():
+    bad = int(inputs.max() if inputs.max() >= vocab_size else (inputs.min() if inputs.min() < 0 else
+                                                               labels[bad_labels][0]))
+    raise ValueError(f"token id {bad} in the training data is outside the model's vocabulary [0, {vocab_size}); "
+                     "the data was tokenized for another vocabulary (check the tokenizer and model.vocab_size).")
+
+
 def _make_global_batch(batch: dict, accum: int, sharding) -> dict:
   """Host batch [local_batch, seq] -> global arrays [accum, micro, seq] laid out by ``sharding``."""
   out = {}
@@ -170,6 +180,8 @@ def train(train_config: ml_collections.ConfigDict, model_config: ml_collections.
     log(f"model {model_config.name}: {model_config_lib.num_params(model_config):,} params; mesh "
         f"{dict(mesh.shape)}; batch {train_config.batch_size} x {seq} tokens ({accum} micro-batches); "
         f"recurrence r={r}, k0={k0}; steps {start}->{end}")
+    first_batch = next(data_iter)  # checked before the (long) compilation
+    _check_token_range(first_batch, model_config.vocab_size)
     abstract_batch = {n: jax.ShapeDtypeStruct(batch_shape, np.int32, sharding=batch_sharding)
                       for n in ("inputs", "labels")}
     compiled = jitted.lower(state_lib.with_shardings(state, state_shardings), abstract_batch).compile()
@@ -182,7 +194,8 @@ def train(train_config: ml_collections.ConfigDict, model_config: ml_collections.
     depths = step_lib.depth_schedule(train_config, model_config, start, end)
     metrics_host: dict = {}
     for step in range(start, end):
-      host_batch = next(data_iter)
+      host_batch = first_batch if step == start else next(data_iter)
+      _check_token_range(host_batch, model_config.vocab_size)
       batch = _make_global_batch(host_batch, accum, batch_sharding)
       state, metrics = compiled(state, batch)
       done = step + 1

@@ -161,3 +161,10 @@ def test_finetuning_from_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path
   experiment.train.init_from = tiny_dir
   with pytest.raises(ValueError, match=r"another model shape than the model config: d_model=64 there vs 32 here"):
     loop.train(experiment.train, experiment.model, source=counting_corpus(16, SEQ))
+
+
+def test_tokens_outside_the_vocabulary_are_a_clear_error(tmp_path):
+  experiment = _quick(tmp_path)
+  rows = counting_corpus(16, SEQ, vocab=300)  # ids up to 299 for a model of 256
+  with pytest.raises(ValueError, match=r"outside the model's vocabulary \[0, 256\)"):
+    loop.train(experiment.train, experiment.model, source=rows)
