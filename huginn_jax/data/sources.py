@@ -39,8 +39,9 @@ def resolve_files(patterns: str | os.PathLike | Sequence[str | os.PathLike], kin
 
 def _check_row(row: np.ndarray, row_length: int | None, where: str) -> np.ndarray:
   if row_length is not None and row.shape[0] != row_length:
-    raise ValueError(f"{where} has {row.shape[0]} tokens, expected {row_length} (seq_len + 1); prepare the data with "
-                     f"`huginn-jax prepare-data --seq-len {row_length - 1}` or set train.seq_len to {row.shape[0] - 1}.")
+    raise ValueError(f"{where} has {row.shape[0]} tokens, expected {row_length} (seq_len + 1); prepare the data "
+                     f"with `huginn-jax prepare-data --seq-len {row_length - 1}` or set train.seq_len to "
+                     f"{row.shape[0] - 1}.")
   return row
 
 

@@ -126,7 +126,8 @@ def train(train_config: ml_collections.ConfigDict, model_config: ml_collections.
   ``source``: token rows to train on instead of ``train.data.train_files`` (a [rows, seq_len + 1] integer array
   or any random-access source). ``params``: initial params (fine-tuning from Python); else ``train.init_from``,
   else random. A run resumes from the latest checkpoint in ``workdir/checkpoints`` when ``train.checkpoint.resume``.
-  ``stop_after`` ends the run after that many steps of this call (the state stays resumable).
+  ``stop_after`` ends this call after that many steps, saving a checkpoint there, so the next call continues the
+  same run exactly (train in chunks, evaluate in between).
   """
   train_config = train_config_lib.validate(train_config, model_config_lib.validate(model_config))
   sharding_lib.maybe_initialize_distributed(train_config.get("distributed", "auto"))
@@ -220,7 +221,7 @@ def train(train_config: ml_collections.ConfigDict, model_config: ml_collections.
         if metrics_host["skipped_in_a_row"] >= train_config.optimizer.max_consecutive_nonfinite:
           raise TrainingDiverged(f"{int(metrics_host['skipped_in_a_row'])} consecutive steps had non-finite "
                                  f"gradients (step {done}); lower the learning rate or check the data.")
-      if done % train_config.checkpoint.every == 0 or done == train_config.steps:
+      if done % train_config.checkpoint.every == 0 or done == end:
         checkpointer.save(done, state, data_iter, meta, force=True)
     return TrainResult(state, history, metrics_host, workdir, mesh)
   finally:

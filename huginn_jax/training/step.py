@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
