@@ -1,4 +1,5 @@
-"""The ``huginn-jax`` command line: ``convert``, ``export``, ``forward``, ``generate``, ``chat``."""
+"""The ``huginn-jax`` command line: ``convert``, ``export``, ``forward``, ``generate``, ``chat``, ``train``,
+``prepare-data``."""
 
 from __future__ import annotations
 
@@ -56,6 +57,28 @@ def _chat(args) -> None:
   run_chat(args)
 
 
+def _train(args) -> None:
+  from huginn_jax.training import config as train_config_lib
+  from huginn_jax.training import loop
+  experiment = train_config_lib.apply_overrides(train_config_lib.load_experiment(args.config), args.set or [])
+  if args.workdir:
+    experiment.train.workdir = args.workdir
+  if args.init_from:
+    experiment.train.init_from = args.init_from
+  result = loop.train(experiment.train, experiment.model)
+  print(f"trained {int(result.state.step)} steps; final loss {result.final_metrics.get('loss', float('nan')):.4f}; "
+        f"outputs in {experiment.train.workdir}")
+
+
+def _prepare_data(args) -> None:
+  from huginn_jax.data.prepare import prepare_data
+  summary = prepare_data(args.inputs, args.tokenizer, args.out, seq_len=args.seq_len, fmt=args.format,
+                         text_field=args.text_field, bos_id=args.bos_id, eos_id=args.eos_id,
+                         rows_per_file=args.rows_per_file, overwrite=args.overwrite)
+  print(f"wrote {summary['rows']} rows of {summary['row_length']} tokens from {summary['documents']} documents "
+        f"({summary['dropped_tokens']} tokens of the last partial row dropped) to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="huginn-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
   add_generation_arguments(p)
   p.add_argument("--system", default=None, help="a system message")
   p.set_defaults(fn=_chat)
+
+  p = sub.add_parser("train", help="train or fine-tune from an experiment config (experiments/configs/*.py)")
+  p.add_argument("--config", required=True, help="a Python file whose get_config() returns model + train sections")
+  p.add_argument("--workdir", default=None, help="checkpoints and logs go here (default: train.workdir)")
+  p.add_argument("--init-from", default=None, help="fine-tune from this checkpoint (HF dir or our Orbax dir)")
+  p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 model.d_model=128")
+  p.set_defaults(fn=_train)
+
+  p = sub.add_parser("prepare-data", help="tokenize .txt/.jsonl with a tokenizer.json into packed token rows")
+  p.add_argument("inputs", nargs="+", help=".txt files (one document each), .jsonl files (one per line), dirs, globs")
+  p.add_argument("--tokenizer", required=True, help="an HF tokenizer.json")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--seq-len", type=int, default=4096, help="rows hold seq_len + 1 tokens (default 4096 -> 4097)")
+  p.add_argument("--format", choices=("parquet", "arrayrecord"), default="parquet")
+  p.add_argument("--text-field", default="text", help="the jsonl field holding the text")
+  p.add_argument("--bos-id", type=int, default=None, help="default: the tokenizer's <|begin_text|>")
+  p.add_argument("--eos-id", type=int, default=None, help="default: the tokenizer's <|end_text|>")
+  p.add_argument("--rows-per-file", type=int, default=8192)
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(fn=_prepare_data)
   return parser
 
 

@@ -1,0 +1,1 @@
+"""Data: random-access token sources, the grain pipeline, and the tokenizing/packing tool."""
