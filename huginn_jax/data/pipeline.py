@@ -15,10 +15,18 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class SplitRow(grain.transforms.Map):
-  """A row of seq_len + 1 tokens -> inputs = row[:-1], labels = row[1:]."""
+  """A row of seq_len + 1 tokens -> inputs = row[:-1], labels = row[1:]. A row that is already a dict of
+  ``inputs`` and ``labels`` (seq_len each; label -100 = no loss) passes through, for tasks whose targets are not
+  the next token."""
   seq_len: int
 
-  def map(self, row: np.ndarray) -> dict[str, np.ndarray]:
+  def map(self, row) -> dict[str, np.ndarray]:
+    if isinstance(row, dict):
+      out = {name: np.asarray(row[name], np.int32) for name in ("inputs", "labels") if name in row}
+      if len(out) != 2 or any(v.shape != (self.seq_len,) for v in out.values()):
+        raise ValueError(f"a data row of inputs/labels has shapes { {k: np.shape(v) for k, v in row.items()} }, "
+                         f"expected 'inputs' and 'labels' of ({self.seq_len},) = seq_len tokens each.")
+      return out
     row = np.asarray(row)
     if row.shape != (self.seq_len + 1,):
       raise ValueError(f"a data row has shape {row.shape}, expected ({self.seq_len + 1},) = seq_len + 1 tokens.")

@@ -29,6 +29,7 @@ def _base() -> ml_collections.ConfigDict:
   c.mean_recurrence = config_dict.placeholder(int)
   c.mean_backprop_depth = config_dict.placeholder(int)
   c.sampler_sigma = 0.5
+  c.depth_sampler = "poisson_lognormal"  # the original's; "fixed" runs exactly mean_recurrence iterations
   c.init_scale = 1.0  # std multiplier of the random initial latent state (0 = zeros)
   c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of each gradient iteration ("none" disables)
   c.init_from = config_dict.placeholder(str)  # a checkpoint to fine-tune from (HF dir or our Orbax dir)
@@ -173,6 +174,8 @@ def validate(train: ml_collections.ConfigDict, model: ml_collections.ConfigDict)
   r, k0 = depth(train, model)
   if r < 1 or k0 < 1:
     raise ValueError(f"mean_recurrence ({r}) and mean_backprop_depth ({k0}) must be >= 1 for training.")
+  if train.depth_sampler not in ("poisson_lognormal", "fixed"):
+    raise ValueError(f"train.depth_sampler must be 'poisson_lognormal' or 'fixed', got {train.depth_sampler!r}.")
   if train.checkpoint.every <= 0 or train.checkpoint.keep <= 0:
     raise ValueError("train.checkpoint.every and train.checkpoint.keep must be positive.")
   if train.data.format not in ("parquet", "arrayrecord"):

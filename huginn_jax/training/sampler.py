@@ -39,11 +39,19 @@ def split_depth(p: Array, max_grad_steps: int) -> tuple[Array, Array]:
   return jnp.maximum(p - max_grad_steps, 0), jnp.minimum(p, max_grad_steps)
 
 
-def sample_depth(key: Array, mean_recurrence: int, max_grad_steps: int, sigma: float = SIGMA
-                 ) -> tuple[Array, Array]:
+SAMPLERS = ("poisson_lognormal", "fixed")
+
+
+def sample_depth(key: Array, mean_recurrence: int, max_grad_steps: int, sigma: float = SIGMA,
+                 kind: str = "poisson_lognormal") -> tuple[Array, Array]:
   """Draws (n, k) for one train step; both int32 scalars, traceable (no recompilation per draw).
 
-  As in the original the log-normal targets ``max(r - k0, 0) + k0``, i.e. r, or k0 when r < k0.
+  As in the original the log-normal targets ``max(r - k0, 0) + k0``, i.e. r, or k0 when r < k0. ``kind="fixed"``
+  always runs exactly r iterations (e.g. r=1 trains a plain non-recurrent transformer of the same parameters).
   """
+  if kind == "fixed":
+    return split_depth(jnp.int32(mean_recurrence), max_grad_steps)
+  if kind != "poisson_lognormal":
+    raise ValueError(f"unknown depth sampler {kind!r}; choose one of {SAMPLERS}.")
   target = max(mean_recurrence - max_grad_steps, 0) + max_grad_steps
   return split_depth(sample_total_depth(key, target, sigma), max_grad_steps)

@@ -81,7 +81,7 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")
     labels = constrain(batch["labels"], BATCH_AXES, name="batch labels")
     depth_key, state_key = step_keys(seed, state.step)
-    n, k = sampler.sample_depth(depth_key, r, k0, sigma)
+    n, k = sampler.sample_depth(depth_key, r, k0, sigma, train_config.depth_sampler)
     accum, micro = inputs.shape[:2]
     keys = row_keys(state_key, accum * micro).reshape(accum, micro)
     if accum == 1:
@@ -121,10 +121,11 @@ def depth_schedule(train_config, model_config, start: int, end: int) -> np.ndarr
   call before the loop (for FLOP counts), so the host never waits on the device for them."""
   r, k0 = train_config_lib.depth(train_config, model_config)
   seed, sigma = int(train_config.seed), float(train_config.sampler_sigma)
+  kind = train_config.depth_sampler
 
   @jax.jit
   def draw(steps):
-    return jax.vmap(lambda s: jnp.stack(sampler.sample_depth(step_keys(seed, s)[0], r, k0, sigma)))(steps)
+    return jax.vmap(lambda s: jnp.stack(sampler.sample_depth(step_keys(seed, s)[0], r, k0, sigma, kind)))(steps)
 
   return np.asarray(draw(jnp.arange(start, end, dtype=jnp.int32)))
 
