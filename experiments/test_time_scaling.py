@@ -46,7 +46,7 @@ def train_config(args, *, recurrent: bool, workdir: str):
   c.optimizer.min_lr = args.lr / 30
   c.optimizer.weight_decay = 1e-4
   c.optimizer.schedule = "cosine"
-  c.optimizer.warmup_steps = 50
+  c.optimizer.warmup_steps = min(50, args.steps // 5)
   c.optimizer.cooldown_steps = 0
   c.checkpoint.every = args.steps
   c.checkpoint.resume = False

@@ -70,3 +70,24 @@ def test_rows_of_the_wrong_length_fail_at_construction():
   with pytest.raises(ValueError, match=r"expected \(9,\)"):
     pipeline.make_dataset(sources.ArraySource(np.zeros((10, 5), np.int32)), seq_len=SEQ, global_batch=2,
                           process_index=0, process_count=1)
+
+
+class _PairSource:
+  """Rows already split into inputs and labels (targets that are not the next token)."""
+
+  def __len__(self):
+    return 10
+
+  def __getitem__(self, i):
+    return {"inputs": np.full(SEQ, i, np.int64), "labels": np.where(np.arange(SEQ) % 2, -100, i + 1)}
+
+
+def test_rows_of_inputs_and_labels_pass_through():
+  it = pipeline.make_iterator(_PairSource(), seq_len=SEQ, global_batch=2, shuffle=False, process_index=0,
+                              process_count=1)
+  batch = next(it)
+  assert batch["inputs"].dtype == batch["labels"].dtype == np.int32
+  np.testing.assert_array_equal(batch["inputs"][:, 0], [0, 1])
+  np.testing.assert_array_equal(batch["labels"][1], np.where(np.arange(SEQ) % 2, -100, 2))
+  with pytest.raises(ValueError, match="inputs/labels"):
+    pipeline.make_iterator(_PairSource(), seq_len=SEQ + 1, global_batch=2, process_index=0, process_count=1)

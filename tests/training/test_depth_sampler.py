@@ -103,3 +103,13 @@ def test_gradient_flows_only_through_last_k_iterations(setup):
   for other in ((n, jnp.int32(3)), (jnp.int32(0), k)):
     _, other_grads = loss(params, tokens, labels, *other, keys)
     assert rel_err(other_grads["core"]["adapter"], grads["core"]["adapter"]) > 1e-3
+
+
+def test_fixed_sampler_runs_exactly_r_iterations():
+  base = jax.random.key(0)
+  for r, k0, expected in ((1, 1, (0, 1)), (12, 4, (8, 4)), (3, 8, (0, 3))):
+    draws = {tuple(int(x) for x in sampler.sample_depth(sampler.step_key(base, s), r, k0, kind="fixed"))
+             for s in range(10)}
+    assert draws == {expected}
+  with pytest.raises(ValueError, match="unknown depth sampler"):
+    sampler.sample_depth(base, 4, 2, kind="uniform")
