@@ -98,12 +98,13 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
   fig.savefig(path_scaling, dpi=120)
   plt.close(fig)
 
-  steps = np.asarray(results["adaptive"]["mean_exit_steps_by_position"])
   fig, ax = plt.subplots(figsize=(5.5, 4))
-  ax.plot(np.arange(1, len(steps) + 1), steps, "o-")
+  for threshold, steps in results["adaptive"]["mean_exit_steps_by_position"].items():
+    ax.plot(np.arange(1, len(steps) + 1), steps, "o-", ms=3, label=f"KL < {threshold}")
   ax.set_xlabel("position t (difficulty: t XORs)")
-  ax.set_ylabel("iterations spent (KL exit rule)")
-  ax.set_title(f"Adaptive compute, KL < {results['adaptive']['threshold']:g}")
+  ax.set_ylabel("iterations spent (mean over sequences)")
+  ax.set_title("Adaptive compute: KL exit rule per position")
+  ax.legend()
   fig.tight_layout()
   fig.savefig(path_adaptive, dpi=120)
   plt.close(fig)
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--eval-rows", type=int, default=512)
-  parser.add_argument("--exit-threshold", type=float, default=1e-3)
+  parser.add_argument("--exit-thresholds", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
   args = parser.parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
   t0 = time.perf_counter()
@@ -154,11 +155,12 @@ def main(argv=None) -> dict:
     info["accuracy"] = evaluate.accuracy_by_steps(params, config, test["inputs"], test["labels"], EVAL_STEPS)
     results[name] = info
 
-  exit_steps = evaluate.kl_exit_steps(trained["recurrent"], config, test["inputs"], max_steps=max(EVAL_STEPS),
-                                      threshold=args.exit_threshold)
-  results["adaptive"] = {"threshold": args.exit_threshold, "max_steps": max(EVAL_STEPS),
-                         "mean_exit_steps_by_position": exit_steps.mean(0).tolist(),
-                         "mean_exit_steps": float(exit_steps.mean())}
+  results["adaptive"] = {"max_steps": max(EVAL_STEPS), "thresholds": list(args.exit_thresholds),
+                         "mean_exit_steps_by_position": {}}
+  for threshold in args.exit_thresholds:
+    exit_steps = evaluate.kl_exit_steps(trained["recurrent"], config, test["inputs"], max_steps=max(EVAL_STEPS),
+                                        threshold=threshold)
+    results["adaptive"]["mean_exit_steps_by_position"][f"{threshold:g}"] = exit_steps.mean(0).tolist()
 
   print("\n  r | recurrent | baseline")
   for r in EVAL_STEPS:
@@ -169,9 +171,11 @@ def main(argv=None) -> dict:
   for r in EVAL_STEPS:
     pos = np.asarray(results["recurrent"]["accuracy"][r]["by_position"])
     print(f"  r={r:>2}: {pos[:third].mean():.3f} / {pos[third:2 * third].mean():.3f} / {pos[2 * third:].mean():.3f}")
-  by_pos = np.asarray(results["adaptive"]["mean_exit_steps_by_position"])
-  print(f"\nadaptive compute (KL < {args.exit_threshold:g}): mean iterations {by_pos[:third].mean():.1f} / "
-        f"{by_pos[third:2 * third].mean():.1f} / {by_pos[2 * third:].mean():.1f} over the three thirds")
+  print("\nadaptive compute, KL exit rule: mean iterations spent over the first / middle / last third")
+  for threshold, by_pos in results["adaptive"]["mean_exit_steps_by_position"].items():
+    by_pos = np.asarray(by_pos)
+    print(f"  KL < {threshold}: {by_pos[:third].mean():.1f} / {by_pos[third:2 * third].mean():.1f} / "
+          f"{by_pos[2 * third:].mean():.1f}")
   results["verdict"] = verdict(results)
   results["total_seconds"] = time.perf_counter() - t0
   print("\n" + results["verdict"])

@@ -25,5 +25,8 @@ def test_main_job_writes_table_plots_and_results(tmp_path, capsys):
     for entry in acc.values():
       assert 0.0 <= entry["accuracy"] <= 1.0 and len(entry["by_position"]) == 8
     assert len(stored[model]["history"]) > 0 and np.isfinite(stored[model]["final_loss"])
-  steps = np.asarray(stored["adaptive"]["mean_exit_steps_by_position"])
-  assert steps.shape == (8,) and (steps >= 1).all() and (steps <= max(test_time_scaling.EVAL_STEPS)).all()
+  by_threshold = stored["adaptive"]["mean_exit_steps_by_position"]
+  assert len(by_threshold) == 3
+  for steps in by_threshold.values():
+    steps = np.asarray(steps)
+    assert steps.shape == (8,) and (steps >= 1).all() and (steps <= max(test_time_scaling.EVAL_STEPS)).all()
