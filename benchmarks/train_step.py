@@ -1,6 +1,6 @@
 """Throughput of the train step on this machine's devices: prints tokens/s and MFU per logged window.
 
-  python scripts/bench_train_step.py --model small --seq-len 1024 --batch 8 --steps 30 --recurrence 8 --k0 4
+  python benchmarks/train_step.py --model small --seq-len 1024 --batch 8 --steps 30 --recurrence 8 --k0 4
 """
 
 import argparse
