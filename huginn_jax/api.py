@@ -30,14 +30,6 @@ class ForwardOutput(NamedTuple):
   latents: Array  # [B, S, d]: the final recurrent state after ln_f
 
 
-def _frozen(config) -> ml_collections.FrozenConfigDict:
-  if isinstance(config, ml_collections.FrozenConfigDict):
-    return config
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise TypeError(f"config must be an ml_collections.ConfigDict (from hj.get_config), got {type(config).__name__}.")
-  return ml_collections.FrozenConfigDict(config)
-
-
 @functools.lru_cache(maxsize=32)
 def _graph(config: ml_collections.FrozenConfigDict):
   """Graph definition and abstract state of the model for a config (no arrays allocated)."""
@@ -48,20 +40,20 @@ def _graph(config: ml_collections.FrozenConfigDict):
 
 def abstract_params(config) -> Params:
   """Shapes and dtypes of the params (``jax.ShapeDtypeStruct`` leaves), without allocating them."""
-  _, state = _graph(_frozen(config))
+  _, state = _graph(config_lib.frozen(config))
   return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(state))
 
 
 def logical_axes(config) -> Params:
   """The logical axis names of every parameter, as a pytree of tuples shaped like the params."""
-  _, state = _graph(_frozen(config))
+  _, state = _graph(config_lib.frozen(config))
   axes = nnx.to_pure_dict(nnx.get_partition_spec(state))
   return jax.tree.map(tuple, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def model_from_params(params: Params, config) -> Huginn:
   """The NNX module holding ``params`` (no copy); used inside traced functions."""
-  graphdef, abstract = _graph(_frozen(config))
+  graphdef, abstract = _graph(config_lib.frozen(config))
   check_params(params, config)
   state = jax.tree.map(lambda x: x, abstract)  # a fresh State container to fill
   nnx.replace_by_pure_dict(state, params)
@@ -85,7 +77,7 @@ def check_params(params: Params, config) -> None:
 
 def init(config, key: Array) -> Params:
   """Random params for ``config``, with the original's init scheme (std sqrt(2/5d), scaled output layers)."""
-  frozen = _frozen(config_lib.validate(config) if isinstance(config, ml_collections.ConfigDict) else config)
+  frozen = config_lib.frozen(config_lib.validate(config) if isinstance(config, ml_collections.ConfigDict) else config)
 
   @jax.jit
   def _init(key):

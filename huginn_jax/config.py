@@ -90,13 +90,7 @@ PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
 
 def get_config(name: str = "huginn-0125", **overrides: Any) -> ml_collections.ConfigDict:
   """Returns a validated copy of the named preset, with ``overrides`` applied."""
-  if name not in PRESETS:
-    raise ValueError(f"Unknown config preset {name!r}; choose one of {sorted(PRESETS)}.")
-  config = PRESETS[name]()
-  for key, value in overrides.items():
-    if key not in config:
-      raise ValueError(f"Unknown config field {key!r} for preset {name!r}; known fields: {sorted(config.keys())}.")
-    config[key] = value
+  config = from_preset(PRESETS, name, overrides)
   validate(config)
   return config
 
@@ -248,6 +242,22 @@ def to_hf_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   }
 
 
-def model_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """A hashable snapshot of the config, for use as a static argument of ``jax.jit``."""
+def frozen(config) -> ml_collections.FrozenConfigDict:
+  """A hashable snapshot of the config, for caches and static arguments of ``jax.jit``."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return config
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise TypeError(f"config must be an ml_collections.ConfigDict (from hj.get_config), got {type(config).__name__}.")
   return ml_collections.FrozenConfigDict(config)
+
+
+def from_preset(presets: dict, name: str, overrides: dict, kind: str = "config") -> ml_collections.ConfigDict:
+  """A fresh copy of ``presets[name]()`` with top-level ``overrides`` applied; errors name the bad key."""
+  if name not in presets:
+    raise ValueError(f"Unknown {kind} preset {name!r}; choose one of {sorted(presets)}.")
+  config = presets[name]()
+  for key, value in overrides.items():
+    if key not in config:
+      raise ValueError(f"Unknown {kind} field {key!r} for preset {name!r}; known fields: {sorted(config.keys())}.")
+    config[key] = value
+  return config

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from huginn_jax import config as config_lib
 from huginn_jax.api import model_from_params
 from huginn_jax.decoding import cache as cache_lib
 from huginn_jax.decoding import sampling
@@ -217,14 +218,6 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
 _generate_jit = jax.jit(_generate_impl, static_argnames=("config", "spec"))
 
 
-def _frozen(config) -> ml_collections.FrozenConfigDict:
-  if isinstance(config, ml_collections.FrozenConfigDict):
-    return config
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise TypeError(f"config must be an ml_collections.ConfigDict (from hj.get_config), got {type(config).__name__}.")
-  return ml_collections.FrozenConfigDict(config)
-
-
 def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int | None = None,
              key: Array | None = None, init_scale: float = 1.0, cache: str = "full",
              exit_criterion: str | None = None, exit_threshold: float | None = None, continuous: bool = False,
@@ -250,7 +243,7 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
   ``prompt_lengths``), or a list of token lists. ``stream(new_tokens [B, K], num_new [B])`` is called on the host
   as tokens are produced.
   """
-  config_f = _frozen(config)
+  config_f = config_lib.frozen(config)
   num_steps = config.mean_recurrence if num_steps is None else num_steps
   if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
     raise ValueError(f"num_steps must be a non-negative int (it sizes the cache), got {num_steps!r}.")

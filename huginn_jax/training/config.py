@@ -14,6 +14,8 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
+from huginn_jax import config as model_config_lib
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -144,14 +146,7 @@ PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
 
 def get_train_config(name: str = "base", **overrides: Any) -> ml_collections.ConfigDict:
   """A copy of the named training preset with top-level ``overrides`` applied."""
-  if name not in PRESETS:
-    raise ValueError(f"Unknown training preset {name!r}; choose one of {sorted(PRESETS)}.")
-  c = PRESETS[name]()
-  for key, value in overrides.items():
-    if key not in c:
-      raise ValueError(f"Unknown training config field {key!r}; known fields: {sorted(c.keys())}.")
-    c[key] = value
-  return c
+  return model_config_lib.from_preset(PRESETS, name, overrides, kind="training config")
 
 
 def depth(train: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> tuple[int, int]:
