@@ -1,12 +1,12 @@
 """Per-device memory of a Huginn training step on a TPU slice, computed on this host before renting the slice.
 
-Compiles the truncated-backprop loss gradient plus an Adam-shaped update (fp32 master params and two fp32
-moments, donated) for the given slice and mesh, and prints ``huginn_jax.aot``'s report. With libtpu installed
+Compiles the real train step (``huginn_jax.training.step``: truncated backprop with n + k iterations, the
+original's atan2-Adam chain with fp32 master params and moments, the default sharding rules, the old state donated)
+for the given slice and mesh, and prints ``huginn_jax.aot``'s report. With libtpu installed
 (``pip install 'jax[tpu]'``; no TPU needed) it compiles with the TPU compiler for the real slice, Pallas splash
 attention included; with ``--cpu`` it uses simulated CPU devices instead (whose compiler keeps far more
-temporaries alive than the TPU's: an upper bound). Params are split over ``fsdp`` on the first dimension that axis
-divides, the batch over ``data`` x ``fsdp``. This is an interim stand-in: the train step's own AOT check, with the
-real optimizer and sharding rules, supersedes it.
+temporaries alive than the TPU's: an upper bound). A mesh axis that does not divide a sharded dimension is an
+error naming both.
 
   python tpu_setup/memory_check.py --accelerator-type v5p-128 --mesh 2,32,1
 """
@@ -14,7 +14,6 @@ real optimizer and sharding rules, supersedes it.
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import sys
@@ -46,6 +45,11 @@ def main(argv=None) -> None:
 
   import huginn_jax as hj
   from huginn_jax import aot
+  from huginn_jax import sharding as sharding_lib
+  from huginn_jax.training import config as train_config_lib
+  from huginn_jax.training import optimizer as optimizer_lib
+  from huginn_jax.training import state as state_lib
+  from huginn_jax.training import step as step_lib
 
   axes = ("data", "fsdp", "tensor")
   if args.cpu:
@@ -53,32 +57,27 @@ def main(argv=None) -> None:
   else:
     mesh = aot.tpu_mesh(args.accelerator_type, shape, axes)
   config = hj.get_config(args.config, param_dtype="float32", compute_dtype="bfloat16", attention_impl=args.attention)
-  P, fsdp = jax.sharding.PartitionSpec, mesh.shape["fsdp"]
-
-  def sharding(dims):
-    dim = next((i for i, n in enumerate(dims) if n % fsdp == 0), None)
-    return jax.sharding.NamedSharding(mesh, P() if dim is None else P(*([None] * dim + ["fsdp"])))
-
-  params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=sharding(p.shape)),
-                        hj.abstract_params(config))
-  moments = jax.tree.map(lambda p: (p, p), params)
-  batch = jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), None))
-  tokens = jax.ShapeDtypeStruct((mesh.size * args.micro_batch, args.seq_len), jnp.int32, sharding=batch)
   n, k = (int(s) for s in args.steps.split(","))
-  loss = functools.partial(hj.loss, config=config, num_steps=(n, k), init_scale=0.0)
-  is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
-
-  def step(params, moments, tokens, labels):
-    grads = jax.grad(loss)(params, tokens, labels)
-    moments = jax.tree.map(lambda m, g: (0.9 * m[0] + 0.1 * g, 0.95 * m[1] + 0.05 * g * g), moments, grads,
-                           is_leaf=is_pair)
-    update = lambda p, m: p - 4e-5 * m[0] / (jnp.sqrt(m[1]) + 1e-8)  # noqa: E731
-    return jax.tree.map(update, params, moments, is_leaf=is_pair), moments
+  train = train_config_lib.get_train_config("huginn_0125_pretrain", batch_size=mesh.size * args.micro_batch,
+                                            seq_len=args.seq_len)
+  train.mesh.data, train.mesh.fsdp, train.mesh.tensor = shape
+  train.depth_sampler = "fixed"  # memory does not depend on the draw; size it for n + k iterations
+  train.mean_recurrence, train.mean_backprop_depth = n + k, k
+  train_config_lib.validate(train, config)
+  rules = sharding_lib.rules_table(train.sharding_rules)
+  param_shardings = sharding_lib.param_shardings(config, mesh, rules)
+  tx, schedule = optimizer_lib.make_optimizer(train, train.steps)
+  shardings = state_lib.state_shardings(config, tx, mesh, param_shardings)
+  state = state_lib.with_shardings(state_lib.abstract_state(config, tx), shardings)
+  batch_shape = (1, train.batch_size, args.seq_len)
+  batch_sharding = step_lib.batch_sharding(mesh, rules, batch_shape)
+  batch = {name: jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sharding) for name in ("inputs", "labels")}
+  step = step_lib.make_train_step(config, train, tx, schedule, mesh=mesh, rules=rules)
 
   start = time.time()
   with jax.set_mesh(mesh):
-    report = aot.memory_analysis(step, params, moments, tokens, tokens, donate_argnums=(0, 1),
-                                 names=["params (fp32)", "adam moments (fp32)", "tokens", "labels"])
+    report = aot.memory_analysis(lambda state, batch: step(state, batch), state, batch, donate_argnums=(0,),
+                                 names=["train state (fp32 params + atan2-Adam moments)", "batch"])
   target = "simulated CPU devices" if args.cpu else args.accelerator_type
   print(f"{args.config} on {target}, mesh (data, fsdp, tensor) = {shape}, {args.micro_batch} x {args.seq_len} tokens "
         f"per device, n={n} k={k}, attention={args.attention} (compiled in {time.time() - start:.0f} s)")

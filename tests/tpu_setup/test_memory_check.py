@@ -17,5 +17,5 @@ def test_memory_check_prints_the_per_device_report():
   assert result.returncode == 0, result.stderr
   out = result.stdout
   assert "tiny on simulated CPU devices, mesh (data, fsdp, tensor) = (2, 4, 1), 1 x 32 tokens per device" in out
-  for row in ("input: params (fp32)", "input: adam moments (fp32)", "temporaries", "aliased", "total"):
+  for row in ("input: train state (fp32 params + atan2-Adam moments)", "input: batch", "temporaries", "aliased", "total"):
     assert re.search(rf"{re.escape(row)}.*GiB", out), row
