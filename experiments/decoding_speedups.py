@@ -8,7 +8,7 @@ tokens that one ``num_steps`` pass verifies). Each mode is compiled by a first c
 token and token agreement with plain decoding. Writes ``results.json`` and ``speedups.png`` to ``--out``.
 
   python experiments/decoding_speedups.py --checkpoint huginn-0125-jax --tokenizer tokenizer.json \
-      --out outputs/speed --num-steps 32 --max-new-tokens 128      # ~5 minutes on one GPU
+      --out outputs/speed --num-steps 32 --max-new-tokens 128      # ~5 minutes on one GPU, estimated
   python experiments/decoding_speedups.py --checkpoint tests/data/tiny --out /tmp/speed --num-steps 8 \
       --max-new-tokens 4                                           # ~40 seconds on CPU (compiles dominate)
 

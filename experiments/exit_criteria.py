@@ -6,7 +6,7 @@ iterations spent per new token and the fraction of new tokens equal to those of 
 (the reference). Writes ``results.json`` and ``exit_criteria.png`` (iterations against agreement) to ``--out``.
 
   python experiments/exit_criteria.py --checkpoint huginn-0125-jax --tokenizer tokenizer.json \
-      --out outputs/exits --num-steps 32 --max-new-tokens 64     # ~10 minutes on one GPU (18 generations)
+      --out outputs/exits --num-steps 32 --max-new-tokens 64     # ~10 minutes on one GPU, estimated (18 runs)
   python experiments/exit_criteria.py --checkpoint tests/data/tiny --out /tmp/exits --num-steps 8 \
       --max-new-tokens 4                                         # ~1 minute on CPU (one compile per setting)
 """

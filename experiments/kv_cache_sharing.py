@@ -8,7 +8,7 @@ generated continuation under the model run without any cache (``hj.forward`` at 
 text is what the exact model would find likely). Writes ``results.json`` and ``kv_cache.png`` to ``--out``.
 
   python experiments/kv_cache_sharing.py --checkpoint huginn-0125-jax --tokenizer tokenizer.json \
-      --out outputs/kv --num-steps 32 --max-new-tokens 64    # ~5 minutes on one GPU
+      --out outputs/kv --num-steps 32 --max-new-tokens 64    # ~5 minutes on one GPU, estimated
   python experiments/kv_cache_sharing.py --checkpoint tests/data/tiny --out /tmp/kv --num-steps 8 \
       --max-new-tokens 4                                     # ~30 seconds on CPU
 """

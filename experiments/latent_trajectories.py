@@ -7,7 +7,7 @@ also records the norm of the step-to-step change ||s_{i+1} - s_i|| / ||s_i|| aga
 ``results.json``, ``trajectories.png`` and ``convergence.png`` to ``--out``.
 
   python experiments/latent_trajectories.py --checkpoint huginn-0125-jax --tokenizer tokenizer.json \
-      --out outputs/latents --num-steps 64        # ~1 minute on one GPU (the full model, 4 prompts)
+      --out outputs/latents --num-steps 64        # ~1 minute on one GPU, estimated (full model, 4 prompts)
   python experiments/latent_trajectories.py --checkpoint tests/data/tiny --out /tmp/latents --num-steps 8
                                                   # ~5 seconds on CPU (the tiny fixture)
 """

@@ -8,7 +8,7 @@ choice of highest total log-likelihood, and of highest per-character log-likelih
 ``results.json`` and ``accuracy.png`` (accuracy against iterations) to ``--out``.
 
   python experiments/lm_eval_accuracy.py --checkpoint huginn-0125-jax --tokenizer tokenizer.json \
-      --out outputs/arc --tasks arc_easy --steps 1,4,8,16,32,64 --prefix-ids 65504   # ~2 hours on one GPU
+      --out outputs/arc --tasks arc_easy --steps 1,4,8,16,32,64 --prefix-ids 65504   # ~2 hours on one GPU, estimated
   python experiments/lm_eval_accuracy.py --checkpoint tests/data/tiny --tokenizer tok.json \
       --out /tmp/acc --jsonl questions.jsonl --steps 1,4,8                          # ~20 seconds on CPU
 """
