@@ -1,7 +1,8 @@
 """KV cache sharing: cache memory against generation quality, per cache strategy.
 
 For each strategy (full; compress-s{m}: iteration i writes slot i mod m; compress-r{m}: blocks of iterations share
-a slot; latest-m4: only the latest iteration of each position is kept), decodes greedily with
+a slot; latest-m4: a token that exited early is read at its latest computed iteration, so it stores as much as
+full and differs from it only with ``--exit-criterion``), decodes greedily with
 ``hj.generate(..., cache=strategy)`` and records the K/V bytes (``huginn_jax.decoding.cache.cache_bytes``) against
 two quality measures: agreement of the new tokens with full-cache decoding, and the mean log-likelihood of the
 generated continuation under the model run without any cache (``hj.forward`` at ``--num-steps``; higher = the
@@ -46,6 +47,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--num-steps", type=int, default=32)
   parser.add_argument("--max-new-tokens", type=int, default=32)
   parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated cache strategies")
+  parser.add_argument("--exit-criterion", default=None, help="decode with this adaptive exit rule (e.g. kl)")
   args = parser.parse_args(argv)
   import huginn_jax as hj
   from huginn_jax.decoding.cache import cache_bytes
@@ -57,10 +59,10 @@ def main(argv=None) -> dict:
   if "full" not in strategies:
     strategies = ["full"] + strategies
   kw = dict(config=config, max_new_tokens=args.max_new_tokens, num_steps=args.num_steps, init_scale=0.0,
-            stop_ids=())
+            stop_ids=(), exit_criterion=args.exit_criterion)
   max_len = width + args.max_new_tokens
   results = {"checkpoint": args.checkpoint, "num_steps": args.num_steps, "max_new_tokens": args.max_new_tokens,
-             "batch": len(rows), "max_len": max_len, "runs": []}
+             "exit_criterion": args.exit_criterion, "batch": len(rows), "max_len": max_len, "runs": []}
   outs = {}
   for name in strategies:
     try:

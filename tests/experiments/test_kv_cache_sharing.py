@@ -14,6 +14,7 @@ def test_kv_cache_sharing_writes_results_and_plot(tiny_dir, tmp_path):
                          "--num-prompts", "2", "--prompt-len", "5", "--strategies", "compress-s2,compress-r2"])
   with open(os.path.join(out, "results.json")) as f:
     saved = json.load(f)
+  assert saved["exit_criterion"] is None
   runs = {r["strategy"]: r for r in saved["runs"]}
   assert list(runs) == ["full", "compress-s2", "compress-r2"]  # full is always the reference
   assert runs["full"]["agreement"] == 1.0 and runs["full"]["memory_fraction"] == 1.0
