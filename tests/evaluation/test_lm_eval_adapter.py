@@ -1,0 +1,87 @@
+"""The lm-eval adapter on the tiny fixture: log-likelihoods, greedy flags and generation against the model API."""
+
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+import tokenizers
+from tokenizers import models, pre_tokenizers
+
+import huginn_jax as hj
+from huginn_jax.evaluation.lm_eval_adapter import HuginnLM, cut_at_stop
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  """A 256-word word-level tokenizer (w0..w255), the tiny model's vocabulary size."""
+  tok = tokenizers.Tokenizer(models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  return tok
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model, tokenizer):
+  config, params = tiny_model
+  return HuginnLM(params, config, tokenizer, num_steps=STEPS, batch_size=2, pad_multiple=8)
+
+
+def _req(*args):
+  return SimpleNamespace(args=args)
+
+
+def _logp(tiny_model, ids):
+  config, params = tiny_model
+  logits = hj.forward(params, np.array([ids]), config=config, num_steps=STEPS, init_scale=0.0).logits
+  return np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1))[0]
+
+
+def test_loglikelihood_is_the_sum_of_log_softmax_over_the_continuation(lm, tiny_model):
+  requests = [_req("w5 w9 w17", " w3 w4"), _req("w1 w2", " w200"), _req("w7 w8 w9 w10 w11", " w12")]
+  got = lm.loglikelihood(requests)  # 3 requests with batch_size 2: a padded second batch
+  for (ctx, cont), (ll, greedy) in zip([r.args for r in requests], got):
+    ids = [int(w[1:]) for w in (ctx + cont).split()]
+    k = len(cont.split())
+    logp = _logp(tiny_model, ids)
+    manual = sum(logp[t - 1, ids[t]] for t in range(len(ids) - k, len(ids)))
+    assert ll == pytest.approx(manual, abs=1e-4)
+    assert greedy == all(logp[t - 1].argmax() == ids[t] for t in range(len(ids) - k, len(ids)))
+
+
+def test_greedy_flag_is_true_for_the_argmax_continuation(lm, tiny_model):
+  ctx = [4, 8, 15]
+  nxt = int(_logp(tiny_model, ctx)[-1].argmax())
+  other = (nxt + 1) % 256
+  ctx_text = " ".join(f"w{i}" for i in ctx)
+  (_, greedy), (_, not_greedy) = lm.loglikelihood([_req(ctx_text, f" w{nxt}"), _req(ctx_text, f" w{other}")])
+  assert greedy and not not_greedy
+
+
+def test_rolling_loglikelihood_scores_every_token_after_the_first(lm, tiny_model):
+  ids = [3, 1, 4, 1, 5, 9, 2, 6]
+  logp = _logp(tiny_model, ids)
+  (got,) = lm.loglikelihood_rolling([_req(" ".join(f"w{i}" for i in ids))])
+  assert got == pytest.approx(sum(logp[t - 1, ids[t]] for t in range(1, len(ids))), abs=1e-4)
+
+
+def test_generate_until_decodes_generate_and_cuts_at_the_stop_string(lm, tiny_model, tokenizer):
+  config, params = tiny_model
+  ctx = [11, 22, 33, 44]
+  ref = np.asarray(hj.generate(params, [ctx], config=config, max_new_tokens=4, num_steps=STEPS, init_scale=0.0,
+                               stop_ids=()).tokens)[0].tolist()
+  text = tokenizer.decode(ref)
+  context = " ".join(f"w{i}" for i in ctx)
+  (full,) = lm.generate_until([_req(context, {"until": [], "max_gen_toks": 4})])
+  assert full == text
+  stop = f"w{ref[2]}"
+  (cut,) = lm.generate_until([_req(context, {"until": [stop], "max_gen_toks": 4})])
+  assert cut == text[:text.find(stop)] and stop not in cut
+
+
+def test_cut_at_stop_and_bad_requests(lm):
+  assert cut_at_stop("a. b\n\nc", ["\n\n", "."]) == "a"
+  assert cut_at_stop("abc", []) == "abc"
+  with pytest.raises(ValueError, match="prefix_ids"):
+    lm.loglikelihood([_req("", "w1")])
