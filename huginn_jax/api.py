@@ -75,15 +75,16 @@ def check_params(params: Params, config) -> None:
                        f"{tuple(given[path].shape)}, the config implies {tuple(want.shape)}.")
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_init(config: ml_collections.FrozenConfigDict):
+  """One compiled initializer per config, so repeated ``init`` calls do not recompile."""
+  return jax.jit(lambda key: nnx.to_pure_dict(nnx.state(Huginn(config, rngs=nnx.Rngs(params=key)), nnx.Param)))
+
+
 def init(config, key: Array) -> Params:
   """Random params for ``config``, with the original's init scheme (std sqrt(2/5d), scaled output layers)."""
   frozen = config_lib.frozen(config_lib.validate(config) if isinstance(config, ml_collections.ConfigDict) else config)
-
-  @jax.jit
-  def _init(key):
-    return nnx.to_pure_dict(nnx.state(Huginn(frozen, rngs=nnx.Rngs(params=key)), nnx.Param))
-
-  return _init(key)
+  return _jitted_init(frozen)(key)
 
 
 def _is_concrete(x) -> bool:
