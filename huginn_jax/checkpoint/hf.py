@@ -217,9 +217,6 @@ def set_path(tree: dict, path: tuple, value) -> None:
   tree[path[-1]] = value
 
 
-def hf_config_dtype(hf: dict) -> str | None:
-  return hf.get("torch_dtype") or hf.get("dtype")
-
 
 def config_from_checkpoint(path) -> Any:
   return config_lib.from_hf_config(read_hf_config(path))

@@ -29,7 +29,7 @@ def _norm(x: Array) -> Array:
   return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1))
 
 
-def _kl_from(prev_logp: Array, logp: Array) -> Array:
+def kl_divergence(prev_logp: Array, logp: Array) -> Array:
   """KL(prev || cur) of two log-distributions [B, V]."""
   return jnp.sum(jnp.exp(prev_logp) * (prev_logp - logp), axis=-1)
 
@@ -40,7 +40,7 @@ def _uniform_logp(batch: int, vocab: int) -> Array:
 
 def _kl(state, *, logits, **_):
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return logp, _kl_from(state, logp)
+  return logp, kl_divergence(state, logp)
 
 
 def _minp_log_probs(logits: Array) -> Array:
@@ -53,7 +53,7 @@ def _minp_log_probs(logits: Array) -> Array:
 
 def _minp_kl(state, *, logits, **_):
   logp = _minp_log_probs(logits)
-  return logp, _kl_from(state, logp)
+  return logp, kl_divergence(state, logp)
 
 
 def _entropy_diff(state, *, logits, **_):

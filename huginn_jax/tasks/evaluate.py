@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from huginn_jax import api
+from huginn_jax.decoding.exit_criteria import kl_divergence
 
 
 def predictions_by_steps(params, config, inputs: np.ndarray, steps: Sequence[int]) -> dict[int, np.ndarray]:
@@ -46,7 +47,7 @@ def kl_exit_steps(params, config, inputs: np.ndarray, *, max_steps: int, thresho
       s, prev_logp, exited = carry
       s = model.core(s, e, positions, mask)
       logp = jax.nn.log_softmax(model.head(s, positions, mask)[1], axis=-1)
-      kl = jnp.sum(jnp.exp(prev_logp) * (prev_logp - logp), axis=-1)
+      kl = kl_divergence(prev_logp, logp)
       exited = jnp.where((exited == 0) & (kl < threshold), step, exited)
       return (s, logp, exited), None
 
