@@ -13,13 +13,9 @@ import sys
 import warnings
 from typing import Any, Mapping
 
-import jax
-
-# Dense bf16 peak FLOP/s per device, by substrings of ``jax.Device.device_kind``.
-PEAK_BF16_FLOPS = (
-    ("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l40s", 362e12), ("a10g", 125e12),
-    ("tpu v6", 918e12), ("tpu v5p", 459e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v4", 275e12),
-)
+from huginn_jax import perf
+# FLOP counts live in huginn_jax.flops; re-exported here, where the training loop uses them.
+from huginn_jax.flops import forward_flops_per_token, train_flops_per_token  # noqa: F401
 
 
 def peak_flops_per_device(model_config, configured: float | None = None) -> float | None:
@@ -28,37 +24,7 @@ def peak_flops_per_device(model_config, configured: float | None = None) -> floa
     return float(configured)
   if model_config.compute_dtype != "bfloat16":
     return None
-  kind = jax.devices()[0].device_kind.lower()
-  for name, flops in PEAK_BF16_FLOPS:
-    if name in kind:
-      return flops
-  return None
-
-
-def _block_and_outer_flops(model_config, seq_len: int) -> tuple[float, float]:
-  """Forward FLOPs per token of one core iteration (adapter + core blocks) and of everything outside the core."""
-  d, i, v = model_config.d_model, model_config.intermediate_size, model_config.vocab_size
-  block = 2 * (4 * d * d + 3 * d * i) + 2 * d * seq_len  # matmuls + causal attention (2 * 2 * d * seq / 2)
-  core = model_config.n_layers_core * block + 2 * (2 * d * d)
-  outer = (model_config.n_layers_prelude + model_config.n_layers_coda) * block + 2 * d * v
-  return core, outer
-
-
-def forward_flops_per_token(model_config, seq_len: int, num_steps: int) -> float:
-  """Model FLOPs of one token through a forward pass with ``num_steps`` core iterations."""
-  core, outer = _block_and_outer_flops(model_config, seq_len)
-  return outer + num_steps * core
-
-
-def train_flops_per_token(model_config, seq_len: int, n: float, k: float) -> float:
-  """Model FLOPs of one training token for a step with n no-gradient and k gradient iterations.
-
-  Matmuls count 2 FLOPs per multiply-add. Parts with gradient (prelude, k core iterations, coda, head) cost 3x
-  their forward; the n no-gradient iterations cost 1x. Recomputation by activation checkpointing is not model
-  FLOPs and is not counted.
-  """
-  core, outer = _block_and_outer_flops(model_config, seq_len)
-  return 3.0 * (outer + k * core) + 1.0 * n * core
+  return perf.device_peak().bf16_flops
 
 
 class MetricsWriter:
