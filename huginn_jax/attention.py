@@ -1,5 +1,8 @@
 """Attention backends behind one switch (``config.attention_impl``).
 
+- ``"auto"`` (the default): the fastest backend that supports the call: cuDNN flash attention on an NVIDIA GPU
+  with bf16/fp16 activations, the Pallas splash kernel on TPU, XLA otherwise and for decoding against a KV cache
+  (dense masks, queries shorter than keys). On CPU it is exactly ``"xla"``.
 - ``"xla"``: plain einsum + softmax; runs everywhere and is the reference the others are tested against.
 - ``"cudnn"``: cuDNN flash attention through ``jax.nn.dot_product_attention(implementation="cudnn")``; NVIDIA GPUs
   with bfloat16/float16 activations only. Asking for it elsewhere raises an error naming the fix (no silent
@@ -28,7 +31,7 @@ import numpy as np
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 NEG_INF = -1e30  # finite, so fully masked rows give a uniform distribution instead of NaN
 
 # Mesh axes the Pallas kernel is split over when a mesh is set (``jax.set_mesh``): batch over data/fsdp, heads over
@@ -207,9 +210,42 @@ def pallas_attention(q: Array, k: Array, v: Array, mask=None, *, interpret: bool
   return kernel(*args)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "xla") -> Array:
+def auto_impl(q: Array, k: Array, mask=None) -> str:
+  """The backend ``"auto"`` picks for these inputs on the platform being compiled for."""
+  structured = mask is None or isinstance(mask, SelfAttentionMask)
+  if not structured or q.shape[1] != k.shape[1]:
+    return "xla"  # decoding against a cache: short query blocks, dense masks
+  platform = _target_platform(jax.sharding.get_abstract_mesh())
+  head_dim = q.shape[-1]
+  if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128:
+    return "cudnn"
+  if platform == "tpu":
+    return "pallas"
+  return "xla"
+
+
+_warned_fallback = set()
+
+
+def _auto_attention(q: Array, k: Array, v: Array, mask=None) -> Array:
+  impl = auto_impl(q, k, mask)
+  if impl == "cudnn":
+    try:
+      return cudnn_attention(q, k, v, mask)
+    except (ValueError, NotImplementedError, RuntimeError) as err:  # cuDNN rejects the shape or is too old
+      if str(err) not in _warned_fallback:
+        _warned_fallback.add(str(err))
+        warnings.warn(f"attention_impl='auto': cuDNN flash attention is unavailable ({err}); using XLA attention.",
+                      stacklevel=3)
+      return xla_attention(q, k, v, mask)
+  return dot_product_attention(q, k, v, mask, impl)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "auto") -> Array:
   """Scaled dot-product attention. q [B,S,H,D], k/v [B,T,H,D]; mask is None (attend everywhere), a
   ``SelfAttentionMask``, or booleans broadcastable to [B,H,S,T] (True = attend). ``impl`` picks the backend."""
+  if impl == "auto":
+    return _auto_attention(q, k, v, mask)
   if impl == "xla":
     return xla_attention(q, k, v, mask)
   if impl == "cudnn":

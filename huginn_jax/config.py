@@ -37,7 +37,7 @@ def _base() -> ml_collections.ConfigDict:
   c.mean_backprop_depth = 8
   c.param_dtype = "float32"
   c.compute_dtype = "float32"
-  c.attention_impl = "xla"  # "xla" | "cudnn" (GPU) | "pallas" (TPU)
+  c.attention_impl = "auto"  # "auto" (fastest that fits) | "xla" | "cudnn" (GPU) | "pallas" (TPU)
   c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of one recurrence iteration; "none" disables
   return c
 
@@ -118,8 +118,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ("param_dtype", "compute_dtype"):
     if config[field] not in _DTYPES:
       raise ValueError(f"config.{field} must be one of {_DTYPES}, got {config[field]!r}.")
-  if config.attention_impl not in ("xla", "cudnn", "pallas"):
-    raise ValueError(f"config.attention_impl must be 'xla', 'cudnn' or 'pallas', got {config.attention_impl!r}.")
+  if config.attention_impl not in ("auto", "xla", "cudnn", "pallas"):
+    raise ValueError(f"config.attention_impl must be 'auto', 'xla', 'cudnn' or 'pallas', got "
+                     f"{config.attention_impl!r}.")
   if not config.tie_embeddings:
     raise ValueError("config.tie_embeddings=False is not supported: Huginn ties lm_head to wte.")
   return config

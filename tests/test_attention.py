@@ -194,3 +194,39 @@ def test_loss_gradients_with_pallas_match_xla(tiny_model, golden):
   errors = jax.tree.map(rel_err, grads["pallas"], grads["xla"])
   worst = max(jax.tree.leaves(errors))
   assert worst < TOL, errors
+
+
+def test_auto_is_xla_on_cpu():
+  q, k, v = _qkv((2, 24, 4, 16))
+  mask = attention.SelfAttentionMask(kv_valid=_padding(2, 24))
+  assert attention.auto_impl(q, k, mask) == "xla"
+  chex.assert_trees_all_equal(attention.dot_product_attention(q, k, v, mask, impl="auto"),
+                              attention.xla_attention(q, k, v, mask))
+  assert hj.get_config("huginn-0125").attention_impl == "auto"
+
+
+@pytest.mark.parametrize("platform, dtype, query_len, dense, expected", [
+    ("gpu", jnp.bfloat16, 16, False, "cudnn"),
+    ("gpu", jnp.float32, 16, False, "xla"),  # cuDNN flash attention needs half precision
+    ("gpu", jnp.bfloat16, 1, False, "xla"),  # a decoded token against its cache
+    ("gpu", jnp.bfloat16, 16, True, "xla"),  # a dense mask (cached decoding)
+    ("tpu", jnp.float32, 16, False, "pallas"),
+    ("tpu", jnp.bfloat16, 16, True, "xla"),
+    ("cpu", jnp.bfloat16, 16, False, "xla"),
+])
+def test_auto_picks_the_fastest_fitting_backend(monkeypatch, platform, dtype, query_len, dense, expected):
+  monkeypatch.setattr(attention, "_target_platform", lambda mesh: platform)
+  q = jnp.zeros((1, query_len, 2, 96), dtype)
+  k = jnp.zeros((1, 16, 2, 96), dtype)
+  mask = attention.causal_mask(query_len, 16) if dense else attention.SelfAttentionMask()
+  assert attention.auto_impl(q, k, mask) == expected
+
+
+def test_auto_falls_back_to_xla_when_cudnn_refuses(monkeypatch):
+  """On this CPU, pretending to compile for a GPU makes "auto" pick cuDNN, whose call then refuses: the result is
+  XLA attention, with a warning that says why."""
+  monkeypatch.setattr(attention, "_target_platform", lambda mesh: "gpu")
+  q, k, v = _qkv((1, 16, 2, 16), jnp.bfloat16)
+  with pytest.warns(UserWarning, match="cuDNN flash attention is unavailable"):
+    out = attention.dot_product_attention(q, k, v, attention.SelfAttentionMask(), impl="auto")
+  chex.assert_trees_all_equal(out, attention.xla_attention(q, k, v, attention.SelfAttentionMask()))
