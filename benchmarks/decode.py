@@ -1,74 +1,76 @@
-"""Decoding throughput of ``hj.generate``: tokens/s at batch 1 and 8, r=32, for the tiny and the full shape.
+"""Cached decoding throughput of ``hj.generate``: tokens/s per batch size and KV-cache strategy at r iterations.
 
-Random weights (throughput does not depend on their values), greedy, zero initial state, no stop ids (every row
-decodes all tokens). Each configuration is compiled first; the timed runs are whole generations. Decode tokens/s
-excludes the prefill: it is B * (N - 1) / (time of N new tokens - time of 1 new token).
+Random weights, greedy, zero initial state, no stop ids (every row decodes every token), one jitted program per
+generation. Decode tokens/s excludes the prefill: B * (N - 1) / (time of N new tokens - time of 1 new token). Also
+printed: the memory traffic a decode step needs at least (weights, the core's r times, plus every cached key and
+value it attends to; ``huginn_jax.flops.decode_bytes_per_step``) as achieved bandwidth and its share of the
+device's peak (the limit at batch 1), and MFU (the limit at large batch).
 
-  python benchmarks/decode.py                       # tiny shape (runs on CPU)
-  python benchmarks/decode.py --shapes tiny huginn-0125 --dtype bfloat16   # on a GPU
+  python benchmarks/decode.py                                          # tiny shape, CPU
+  python benchmarks/decode.py --shape huginn-0125 --batches 1 8 64 --caches full compress-s4   # on a GPU/TPU
 """
 
 from __future__ import annotations
-
-import argparse
-import time
 
 import jax
 import numpy as np
 
 import huginn_jax as hj
-from huginn_jax.decoding.cache import memory_table
+from huginn_jax import flops, perf
+from huginn_jax.decoding.cache import cache_bytes
+
+import _common
 
 
-def _time(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile + warm up
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--shapes", nargs="+", default=["tiny"], help="config presets (huginn-0125 needs an accelerator)")
+def main(argv=None) -> list[dict]:
+  p = _common.parser(__doc__)
   p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+  p.add_argument("--caches", nargs="+", default=["full", "compress-s4"])
   p.add_argument("--num-steps", type=int, default=32)
   p.add_argument("--prompt-len", type=int, default=32)
   p.add_argument("--new-tokens", type=int, default=64)
-  p.add_argument("--cache", default="full")
-  p.add_argument("--dtype", default=None, help="param and compute dtype (default: the preset's)")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--force", action="store_true", help="run the full shape on CPU anyway")
   args = p.parse_args(argv)
 
-  backend = jax.default_backend()
-  print(f"backend: {backend} ({jax.devices()[0].device_kind}), jax {jax.__version__}")
-  for shape in args.shapes:
-    overrides = {} if args.dtype is None else dict(param_dtype=args.dtype, compute_dtype=args.dtype)
-    config = hj.get_config(shape, **overrides)
-    if hj.num_params(config) > 1e9 and backend == "cpu" and not args.force:
-      print(f"skipping {shape} ({hj.num_params(config) / 1e9:.1f}B params) on CPU; run on a GPU or pass --force")
-      continue
-    params = hj.init(config, jax.random.key(0))
-    print(memory_table(config, args.num_steps, batch=1, max_len=args.prompt_len + args.new_tokens,
-                       strategies=(args.cache,)))
-    print(f"{'shape':>12} {'batch':>5} {'r':>3} {'prompt':>6} {'new':>4} {'end-to-end tok/s':>17} "
-          f"{'decode tok/s':>13} {'ms/step':>8}")
+  info = _common.header("decode")
+  config = _common.model_config(args)
+  params = hj.init(config, jax.random.key(0))
+  n_new, r = args.new_tokens, args.num_steps
+  context = args.prompt_len + n_new / 2  # positions a decoded token attends to, on average
+  rows = []
+  print(f"{'shape':>12} {'batch':>5} {'cache':>12} {'r':>3} {'decode tok/s':>12} {'e2e tok/s':>10} "
+        f"{'ms/token':>9} {'GB/s':>7} {'BW use':>7} {'MFU':>6} {'cache GiB':>9} {'peak GiB':>8}", flush=True)
+  for cache in args.caches:
     for batch in args.batches:
-      rng = np.random.default_rng(batch)
-      prompt = rng.integers(0, min(config.vocab_size, 65504), (batch, args.prompt_len)).astype(np.int32)
+      prompt = np.random.default_rng(batch).integers(0, min(config.vocab_size, 65504), (batch, args.prompt_len))
 
-      def run(new_tokens):
-        return lambda: hj.generate(params, prompt, config=config, max_new_tokens=new_tokens, num_steps=args.num_steps,
-                                   init_scale=0.0, cache=args.cache, stop_ids=()).tokens
+      def run(new_tokens, prompt=prompt.astype(np.int32), cache=cache):
+        return lambda: hj.generate(params, prompt, config=config, max_new_tokens=new_tokens, num_steps=r,
+                                   init_scale=0.0, cache=cache, stop_ids=()).tokens
 
-      full = _time(run(args.new_tokens), args.repeats)
-      prefill = _time(run(1), args.repeats)
-      decode = batch * (args.new_tokens - 1) / max(full - prefill, 1e-9)
-      print(f"{shape:>12} {batch:>5} {args.num_steps:>3} {args.prompt_len:>6} {args.new_tokens:>4} "
-            f"{batch * args.new_tokens / full:>17.1f} {decode:>13.1f} {1e3 * batch / decode:>8.2f}")
+      full = perf.time_call(run(n_new), repeats=args.repeats).best
+      first = perf.time_call(run(1), repeats=args.repeats).best
+      step_s = max(full - first, 1e-9) / (n_new - 1)  # one decode step of the whole batch
+      moved = flops.decode_bytes_per_step(config, num_steps=r, batch=batch, context_len=context)
+      model_flops = batch * flops.decode_flops_per_token(config, context, r) / step_s
+      row = {"work": "decode", "shape": config.name, "batch": batch, "cache": cache, "r": r,
+             "prompt_len": args.prompt_len, "new_tokens": n_new, "dtype": args.dtype,
+             "tokens_per_s": batch / step_s, "end_to_end_tokens_per_s": batch * n_new / full,
+             "ms_per_step": step_s * 1e3, "gb_per_s": moved / step_s / 1e9,
+             "bandwidth_use": _common.bandwidth_use(moved / step_s), "mfu": _common.mfu(model_flops),
+             "cache_gib": cache_bytes(config, cache, r, batch, args.prompt_len + n_new) / _common.GIB,
+             "peak_gib": _common.peak_gib()}
+      rows.append(row)
+      print(f"{config.name:>12} {batch:>5} {cache:>12} {r:>3} {row['tokens_per_s']:>12.1f} "
+            f"{row['end_to_end_tokens_per_s']:>10.1f} {row['ms_per_step']:>9.2f} {row['gb_per_s']:>7.1f} "
+            f"{_common.fmt(row['bandwidth_use'], '{:.1%}'):>7} {_common.fmt(row['mfu'], '{:.1%}'):>6} "
+            f"{row['cache_gib']:>9.3f} {_common.fmt(row['peak_gib'], '{:.2f}'):>8}", flush=True)
+      _common.emit(info, row, args.json)
+  if rows:
+    print("(peak GiB is the process's allocator peak so far: rows run in this order)")
+  _common.profile(lambda: hj.generate(params, np.zeros((args.batches[0], args.prompt_len), np.int32), config=config,
+                                      max_new_tokens=n_new, num_steps=r, init_scale=0.0, cache=args.caches[0],
+                                      stop_ids=()).tokens, args.profile)
+  return rows
 
 
 if __name__ == "__main__":

@@ -139,12 +139,34 @@ def _trace_file(directory: str) -> str:
   return files[-1]
 
 
-_HOST_NOISE = ("$", "PjitFunction", "PjRt", "Execute", "ThunkExecutor", "ThreadPool", "Allocate", "ParseArguments",
+_HOST_NOISE = ("PjitFunction", "PjRt", "Execute", "ThunkExecutor", "ThreadPool", "Allocate", "ParseArguments",
                "TransferToDevice", "BufferFromHost")
 
 
+def _self_times(events: list[dict]) -> list[tuple[str, float]]:
+  """(name, self time in microseconds) of complete events: nested events (a while loop around its body, a
+  launch around its kernels) are subtracted from the event that encloses them on the same thread."""
+  out = []
+  by_thread: dict[tuple, list[dict]] = collections.defaultdict(list)
+  for e in events:
+    by_thread[(e.get("pid"), e.get("tid"))].append(e)
+  for thread in by_thread.values():
+    thread.sort(key=lambda e: (float(e.get("ts", 0.0)), -float(e.get("dur", 0.0))))
+    stack: list[list] = []  # [end, name, self time]
+    for e in thread:
+      start, dur = float(e.get("ts", 0.0)), float(e.get("dur", 0.0))
+      while stack and stack[-1][0] <= start:
+        _, name, self_time = stack.pop()
+        out.append((name, self_time))
+      if stack:
+        stack[-1][2] -= dur
+      stack.append([start + dur, e["name"], dur])
+    out.extend((name, self_time) for _, name, self_time in stack)
+  return out
+
+
 def trace_ops(directory: str) -> list[OpTime]:
-  """Time per operation in the newest trace under ``directory``, longest first.
+  """Self time per operation in the newest trace under ``directory``, longest first.
 
   On accelerators these are the kernels of the device timelines (processes named ``/device:...``); on a CPU, where
   XLA runs on host threads, the host events that are not Python frames or runtime bookkeeping.
@@ -155,18 +177,15 @@ def trace_ops(directory: str) -> list[OpTime]:
   names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
            if e.get("ph") == "M" and e.get("name") == "process_name"}
   device_pids = {pid for pid, name in names.items() if name.startswith("/device:")}
+  complete = [e for e in events if e.get("ph") == "X"]
+  if device_pids:
+    complete = [e for e in complete if e.get("pid") in device_pids]
+  else:
+    complete = [e for e in complete if not e["name"].startswith("$") and not any(n in e["name"] for n in _HOST_NOISE)]
   totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
-  for e in events:
-    if e.get("ph") != "X":
-      continue
-    if device_pids:
-      if e.get("pid") not in device_pids:
-        continue
-    elif e["name"].startswith(_HOST_NOISE):
-      continue
-    entry = totals[e["name"]]
-    entry[0] += float(e.get("dur", 0.0)) / 1e3
-    entry[1] += 1
+  for name, self_time in _self_times(complete):
+    totals[name][0] += max(self_time, 0.0) / 1e3
+    totals[name][1] += 1
   ops = [OpTime(name, categorize(name), ms, n) for name, (ms, n) in totals.items()]
   return sorted(ops, key=lambda op: -op.total_ms)
 

@@ -67,3 +67,14 @@ def test_categories():
   assert perf.categorize("cudnn_generated_fort_native_sdpa") == "attention"
   assert perf.categorize("loop_fusion_12") == "other fusions"
   assert perf.categorize("dynamic-update-slice.3") == "copy/transfer"
+
+
+def test_self_times_subtract_nested_events():
+  events = [{"name": "while", "ts": 0, "dur": 100, "pid": 1, "tid": 1},
+            {"name": "gemm", "ts": 10, "dur": 30, "pid": 1, "tid": 1},
+            {"name": "fusion", "ts": 50, "dur": 20, "pid": 1, "tid": 1},
+            {"name": "gemm", "ts": 0, "dur": 40, "pid": 1, "tid": 2}]  # another thread: not nested
+  totals = {}
+  for name, t in perf._self_times(events):
+    totals[name] = totals.get(name, 0) + t
+  assert totals == {"while": 50, "gemm": 70, "fusion": 20}

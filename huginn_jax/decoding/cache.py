@@ -1,7 +1,7 @@
 """The KV cache of Huginn decoding: a preallocated pytree with static shapes and one slot per cached layer.
 
 The original keeps a dict of KV entries per (layer, recurrence step) and per token. Here every entry lives in
-``k``/``v`` arrays shaped [slots, B, T, H, D]; ``depth`` [B, T] records how many core iterations were computed
+``k_store``/``v_store`` arrays shaped [slots, B, T, H, D]; ``depth`` [B, T] records how many core iterations were computed
 for the token at each position, which is all that is needed to know which core slots hold an entry for it.
 
 Slots, with p prelude, c core and q coda layers and r recurrence steps (core layer j of step s has the flat index
@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import NamedTuple
-
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,16 +95,43 @@ def cache_layout(strategy: str, config, num_steps: int) -> CacheLayout:
                      n_coda=config.n_layers_coda, num_steps=int(num_steps))
 
 
-class KVCache(NamedTuple):
-  k: Array  # [slots, B, T, H, D]
-  v: Array  # [slots, B, T, H, D]
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every slot, plus the depth of every cached token.
+
+  16-bit float caches are stored as their uint16 bit patterns (``k_store``/``v_store``; ``dtype`` names what they
+  hold): XLA CPU runs dynamic slices, updates and gathers of bf16/f16 in float32, converting the whole operand (the
+  entire cache, at every layer of every iteration) to f32 and back; on integers it updates in place. Reading one
+  slot back costs a free bitcast. Other dtypes are stored as they are.
+  """
+
+  k_store: Array  # [slots, B, T, H, D]
+  v_store: Array  # [slots, B, T, H, D]
   depth: Array  # [B, T] int32: core iterations computed for the token at each position
+  dtype: str = flax.struct.field(pytree_node=False, default="float32")
+
+
+def _storage_dtype(dtype) -> jnp.dtype:
+  dtype = jnp.dtype(dtype)
+  return jnp.dtype(jnp.uint16) if dtype in (jnp.bfloat16, jnp.float16) else dtype
+
+
+def _to_storage(x: Array, dtype) -> Array:
+  x = x.astype(dtype)
+  store = _storage_dtype(dtype)
+  return jax.lax.bitcast_convert_type(x, store) if store != x.dtype else x
+
+
+def _from_storage(x: Array, dtype) -> Array:
+  return jax.lax.bitcast_convert_type(x, jnp.dtype(dtype)) if x.dtype != jnp.dtype(dtype) else x
 
 
 def init_cache(layout: CacheLayout, config, batch: int, max_len: int, dtype=None) -> KVCache:
   dtype = jnp.dtype(config.compute_dtype if dtype is None else dtype)
   shape = (layout.n_slots, batch, max_len, config.n_heads, config.head_dim)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), jnp.int32))
+  store = _storage_dtype(dtype)
+  return KVCache(jnp.zeros(shape, store), jnp.zeros(shape, store), jnp.zeros((batch, max_len), jnp.int32),
+                 dtype=dtype.name)
 
 
 def _positions(start: Array, length: int, gate: Array, max_len: int) -> Array:
@@ -114,13 +140,23 @@ def _positions(start: Array, length: int, gate: Array, max_len: int) -> Array:
   return jnp.where(gate[:, None], pos, max_len)
 
 
+def read_slot(cache: KVCache, slot) -> tuple[Array, Array]:
+  """Keys and values [B, T, H, D] of one slot (a Python int or a traced int32)."""
+  take = lambda arr: _from_storage(jax.lax.dynamic_index_in_dim(arr, slot, 0, keepdims=False), cache.dtype)  # noqa: E731
+  return take(cache.k_store), take(cache.v_store)
+
+
 def write_kv(cache: KVCache, slot, start: Array, k: Array, v: Array, gate: Array) -> KVCache:
-  """Stores k, v [B, C, H, D] of one layer in ``slot`` at positions start[b] .. start[b] + C - 1 (rows with gate)."""
+  """Stores k, v [B, C, H, D] of one layer in ``slot`` at positions start[b] .. start[b] + C - 1 (rows with gate).
+
+  The per-row scatter touches only the slot being written, which then goes back with an in-place
+  dynamic-update-slice: a scatter into the whole [slots, ...] array is not done in place by every backend."""
   batch, length = k.shape[:2]
   pos = _positions(start, length, gate, cache.depth.shape[1])
   rows = jnp.arange(batch)[:, None]
-  put = lambda arr, new: arr.at[slot, rows, pos].set(new.astype(arr.dtype), mode="drop")  # noqa: E731
-  return cache._replace(k=put(cache.k, k), v=put(cache.v, v))
+
+  put = lambda arr, new: arr.at[slot, rows, pos].set(_to_storage(new, cache.dtype), mode="drop")  # noqa: E731
+  return cache.replace(k_store=put(cache.k_store, k), v_store=put(cache.v_store, v))
 
 
 def set_depth(cache: KVCache, start: Array, length: int, depth, gate: Array) -> KVCache:
@@ -128,7 +164,7 @@ def set_depth(cache: KVCache, start: Array, length: int, depth, gate: Array) -> 
   batch, max_len = cache.depth.shape
   pos = _positions(start, length, gate, max_len)
   new = jnp.broadcast_to(jnp.asarray(depth, jnp.int32), (batch, length))
-  return cache._replace(depth=cache.depth.at[jnp.arange(batch)[:, None], pos].set(new, mode="drop"))
+  return cache.replace(depth=cache.depth.at[jnp.arange(batch)[:, None], pos].set(new, mode="drop"))
 
 
 def core_visible(layout: CacheLayout, depth: Array, slot) -> Array:
@@ -145,12 +181,12 @@ def core_visible(layout: CacheLayout, depth: Array, slot) -> Array:
 def read_core_kv(cache: KVCache, layout: CacheLayout, step, j: int) -> tuple[Array, Array]:
   """Keys and values [B, T, H, D] that core layer j at ``step`` attends to."""
   if layout.kind != "latest":
-    slot = layout.core_slot(step, j)
-    return cache.k[slot], cache.v[slot]
+    return read_slot(cache, layout.core_slot(step, j))
   # latest-m4: each position is read at min(step, its last computed step), of the same core layer.
   last = jnp.clip(jnp.minimum(step, cache.depth - 1), 0, None)  # [B, T]
   idx = layout.core_slot(last, j)[None, :, :, None, None]
-  return (jnp.take_along_axis(cache.k, idx, axis=0)[0], jnp.take_along_axis(cache.v, idx, axis=0)[0])
+  take = lambda arr: _from_storage(jnp.take_along_axis(arr, idx, axis=0)[0], cache.dtype)  # noqa: E731
+  return take(cache.k_store), take(cache.v_store)
 
 
 def cache_bytes(config, strategy: str, num_steps: int, batch: int, max_len: int, dtype=None) -> int:

@@ -37,7 +37,7 @@ def _cached_block(block, x, positions, cache, slot, start, gate, mask, read=None
   """A SandwichBlock whose attention writes its keys/values to ``slot`` and reads them back from the cache."""
   q, k, v = block.attn.qkv(block.norm_1(x), positions)
   cache = cache_lib.write_kv(cache, slot, start, k, v, gate)
-  keys, values = read(cache) if read is not None else (cache.k[slot], cache.v[slot])
+  keys, values = read(cache) if read is not None else cache_lib.read_slot(cache, slot)
   y = dot_product_attention(q, keys, values, mask[:, None], block.attn.impl)
   x = block.norm_2(x + block.attn.out(y))
   return block.mlp_part(x), cache

@@ -225,8 +225,8 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
              temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, stop_ids: Sequence[int] = STOP_IDS, pad_id: int = PAD_ID,
-             prompt_lengths: Any = None, stream: Callable | None = None, cache_dtype: Any = None
-             ) -> GenerationOutput:
+             prompt_lengths: Any = None, stream: Callable | None = None, cache_dtype: Any = None,
+             _run: Callable | None = None) -> GenerationOutput:
   """Decodes ``max_new_tokens`` tokens after each prompt with Huginn, in one jitted program.
 
   ``num_steps`` (default ``config.mean_recurrence``): core iterations per token, the most with an exit criterion.
@@ -285,8 +285,8 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
   args = DecodeArgs(exit_threshold=np.float32(0.0 if threshold is None else threshold), sampling=samp_params,
                     stop_ids=np.asarray(list(stop_ids), np.int32).reshape(-1), sink=np.int32(0),
                     verification_threshold=np.float32(verification_threshold))
-  if stream is None:
-    return _generate_jit(params, prompt, lengths, key, args, config=config_f, spec=spec)
+  if stream is None or _run is not None:
+    return (_run or _generate_jit)(params, prompt, lengths, key, args, config=config_f, spec=spec)
   sink = next(_NEXT_SINK) % (2**31)
   _SINKS[sink] = stream
   try:
@@ -296,6 +296,12 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
   finally:
     del _SINKS[sink]
   return out
+
+
+def lower_generate(params, prompt_ids, **kwargs) -> jax.stages.Lowered:
+  """The program ``generate(params, prompt_ids, **kwargs)`` would run, lowered and not run: its HLO, compiled
+  memory and cost analysis (``.compile().memory_analysis()``) without decoding anything."""
+  return generate(params, prompt_ids, _run=_generate_jit.lower, **kwargs)
 
 
 def compiled_count() -> int:

@@ -1,11 +1,17 @@
-"""Slot mapping of every cache strategy, visibility rules, per-row writes and the memory helper."""
+"""Slot mapping of every cache strategy, visibility rules, per-row writes, bit storage and the memory helper."""
 
+import importlib
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import huginn_jax as hj
 from huginn_jax.decoding import cache as cache_lib
+
+generate_lib = importlib.import_module("huginn_jax.decoding.generate")  # the package re-exports the function
 
 
 def _original_core_index(strategy: str, flat: int) -> int:
@@ -55,12 +61,12 @@ def test_writes_go_to_each_rows_position_and_respect_the_gate():
   start, gate = jnp.array([0, 3, 4]), jnp.array([True, True, False])
   cache = cache_lib.write_kv(cache, 5, start, k, -k, gate)
   cache = cache_lib.set_depth(cache, start, 2, 7, gate)
-  got = np.asarray(cache.k[5])
+  got = np.asarray(cache_lib.read_slot(cache, 5)[0])
   np.testing.assert_array_equal(got[0, :2], k[0])
   np.testing.assert_array_equal(got[1, 3:5], k[1])
   assert not got[0, 2:].any() and not got[1, :3].any() and not got[2].any()  # nothing else, gated row untouched
-  np.testing.assert_array_equal(np.asarray(cache.v[5]), -got)
-  assert not np.asarray(cache.k[:5]).any() and not np.asarray(cache.k[6:]).any()
+  np.testing.assert_array_equal(np.asarray(cache_lib.read_slot(cache, 5)[1]), -got)
+  assert not np.asarray(cache.k_store[:5]).any() and not np.asarray(cache.k_store[6:]).any()
   np.testing.assert_array_equal(np.asarray(cache.depth), [[7, 7, 0, 0, 0, 0], [0, 0, 0, 7, 7, 0], [0] * 6])
 
 
@@ -88,9 +94,37 @@ def test_latest_m4_reads_each_token_at_its_last_step_of_the_same_layer():
   layout = cache_lib.cache_layout("latest-m4", config, 4)
   cache = cache_lib.init_cache(layout, config, batch=1, max_len=4)
   ids = jnp.arange(layout.n_slots, dtype=jnp.float32)[:, None, None, None, None]
-  cache = cache._replace(k=cache.k + ids, v=cache.v - ids, depth=jnp.array([[4, 1, 2, 3]]))
+  cache = cache.replace(k_store=cache.k_store + ids, v_store=cache.v_store - ids, depth=jnp.array([[4, 1, 2, 3]]))
   for step in range(4):
     k, v = cache_lib.read_core_kv(cache, layout, step, 1)
     expected = [layout.core_slot(min(step, d - 1), 1) for d in (4, 1, 2, 3)]
     np.testing.assert_array_equal(np.asarray(k)[0, :, 0, 0], expected)
     np.testing.assert_array_equal(np.asarray(v)[0, :, 0, 0], -np.array(expected))
+
+
+def test_16_bit_caches_are_stored_as_bits_and_read_back_exactly():
+  config = hj.get_config("tiny")
+  layout = cache_lib.cache_layout("full", config, 2)
+  cache = cache_lib.init_cache(layout, config, batch=2, max_len=5, dtype="bfloat16")
+  assert cache.k_store.dtype == jnp.uint16 and cache.dtype == "bfloat16"
+  k = jax.random.normal(jax.random.key(0), (2, 3, 4, 16), jnp.bfloat16)
+  cache = cache_lib.write_kv(cache, 3, jnp.array([0, 2]), k, k * 2, jnp.array([True, True]))
+  keys, values = cache_lib.read_slot(cache, 3)
+  assert keys.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(keys[0, :3], np.float32), np.asarray(k[0], np.float32))
+  np.testing.assert_array_equal(np.asarray(values[1, 2:], np.float32), np.asarray(k[1] * 2, np.float32))
+
+
+@pytest.mark.parametrize("cache", ["full", "latest-m4"])
+def test_the_bf16_decoding_program_never_converts_the_whole_cache(cache):
+  """A float op on the whole bf16 cache is run in f32 on XLA CPU: the cache stays uint16 inside the program."""
+  config = hj.get_config("tiny", compute_dtype="bfloat16", param_dtype="bfloat16")
+  params = hj.init(config, jax.random.key(0))
+  lowered = generate_lib.lower_generate(params, np.zeros((1, 6), np.int32), config=config, max_new_tokens=4,
+                                        num_steps=3, init_scale=0.0, cache=cache)
+  layout = cache_lib.cache_layout(cache, config, 3)
+  whole = f"[{layout.n_slots},1,10,{config.n_heads},{config.head_dim}]"
+  hlo = lowered.compile().as_text()
+  assert f"u16{whole}" in hlo  # the cache is there, as bits
+  float_ops = [line for line in hlo.splitlines() if re.search(rf"= (f32|bf16){re.escape(whole)}", line)]
+  assert not float_ops, float_ops[:3]
