@@ -7,6 +7,7 @@ count), or a masked scan of static length when a traced count must be differenti
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -102,6 +103,25 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _precast(dtype: str, weight: Array, cast: Array) -> Array:
+  """``cast`` (``weight`` already in the compute dtype) whose gradient goes to ``weight``, in ``weight``'s dtype."""
+  del dtype, weight
+  return cast
+
+
+def _precast_fwd(dtype, weight, cast):
+  del weight
+  return cast, None
+
+
+def _precast_bwd(dtype, _, grad):
+  return grad.astype(dtype), None
+
+
+_precast.defvjp(_precast_fwd, _precast_bwd)
+
+
 def iterate(core: Core, s: Array, e: Array, positions: Array, mask: Array | None, num_steps: int | Array, *,
             max_steps: int | None = None, remat_policy: str = "none") -> Array:
   """Applies the core ``num_steps`` times to the state ``s`` with ``e`` injected at every step.
@@ -111,9 +131,15 @@ def iterate(core: Core, s: Array, e: Array, positions: Array, mask: Array | None
   for a traced count. ``remat_policy`` wraps one iteration in ``jax.checkpoint`` with that policy.
   """
   graphdef, state = nnx.split(core)
+  # Weights are cast to the compute dtype once, here, not in every iteration (XLA does not hoist the casts out of a
+  # differentiated loop: a pass over all core weights per iteration, forward and remat); gradients still reach the
+  # original weights and add up across iterations in their dtype (float32).
+  needs_cast = lambda w: jnp.issubdtype(w.dtype, jnp.floating) and w.dtype != s.dtype  # noqa: E731
+  cast = jax.tree.map(lambda w: jax.lax.stop_gradient(w.astype(s.dtype)) if needs_cast(w) else w, state)
 
   def step(state, s):
-    return nnx.merge(graphdef, state)(s, e, positions, mask)
+    used = jax.tree.map(lambda w, c: _precast(w.dtype.name, w, c) if needs_cast(w) else w, state, cast)
+    return nnx.merge(graphdef, used)(s, e, positions, mask)
 
   if remat_policy not in REMAT_POLICIES:
     raise ValueError(f"Unknown remat_policy {remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}.")

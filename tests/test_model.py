@@ -1,0 +1,60 @@
+"""The recurrence loop in mixed precision: weights cast once outside it, their gradients summed in float32."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import huginn_jax as hj
+from huginn_jax.training import step as step_lib
+
+
+def _eqns(jaxpr, in_loop=False):
+  """(equation, inside a loop body?) of a jaxpr and of every jaxpr nested in it."""
+  for eqn in jaxpr.eqns:
+    yield eqn, in_loop
+    loop = in_loop or eqn.primitive.name in ("scan", "while")
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          yield from _eqns(sub.jaxpr, loop)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _eqns(sub, loop)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+  config = hj.get_config("tiny", param_dtype="float32", compute_dtype="bfloat16")
+  params = hj.init(config, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (1, 12)), jnp.int32)
+  grad = jax.grad(lambda p: step_lib.depth_loss(p, tokens, tokens, jnp.int32(3), jnp.int32(2),
+                                                jax.random.split(jax.random.key(1), 1), model_config=config,
+                                                max_grad_steps=3, remat_policy="nothing_saveable"))
+  return config, params, grad
+
+
+def test_core_weights_are_not_cast_inside_the_loop(mixed):
+  config, params, grad = mixed
+  core_shapes = {tuple(w.shape) for w in jax.tree.leaves(params["core"]) if w.ndim >= 2}
+  casts = [eqn for eqn, in_loop in _eqns(jax.make_jaxpr(grad)(params).jaxpr) if in_loop
+           and eqn.primitive.name == "convert_element_type" and eqn.outvars[0].aval.dtype == jnp.bfloat16
+           and tuple(eqn.invars[0].aval.shape) in core_shapes]
+  assert not casts, casts[:2]
+
+
+def test_weight_gradients_add_up_in_float32(mixed):
+  config, params, grad = mixed
+  grads = grad(params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  core_shapes = {tuple(w.shape) for w in jax.tree.leaves(params["core"]) if w.ndim >= 2}
+  loops = [eqn for eqn, _ in _eqns(jax.make_jaxpr(grad)(params).jaxpr) if eqn.primitive.name in ("scan", "while")]
+  weight_sums = [v.aval for eqn in loops for v in eqn.outvars if tuple(v.aval.shape) in core_shapes]
+  assert weight_sums and all(a.dtype == jnp.float32 for a in weight_sums), weight_sums
+  # and the gradient is that of the bf16 model: close to the float32 one
+  f32 = hj.get_config("tiny", param_dtype="float32", compute_dtype="float32")
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (1, 12)), jnp.int32)
+  exact = jax.grad(lambda p: step_lib.depth_loss(p, tokens, tokens, jnp.int32(3), jnp.int32(2),
+                                                 jax.random.split(jax.random.key(1), 1), model_config=f32,
+                                                 max_grad_steps=3))(params)
+  a, b = grads["core"]["adapter"], exact["core"]["adapter"]
+  assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.1
