@@ -38,7 +38,7 @@ PAD_ID = 65509
 class GenerationOutput(NamedTuple):
   sequences: Array  # [B, S + N] each row: its prompt, its new tokens, then pad_id
   tokens: Array  # [B, N] new tokens; pad_id after a row's stop token
-  steps: Array  # [B, N] core iterations used for each new token (0 where none)
+  steps: Array  # [B, N] core iterations behind each new token (0 where none; draft_steps for relaxed-accepted drafts)
   num_generated: Array  # [B] new tokens per row, the stop token included
 
 
@@ -170,7 +170,9 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
 
   if spec.draft_steps is not None:
     tokens = jnp.full((batch, n_new + spec.lookahead), pad, jnp.int32).at[:, 0].set(first)
-    state = SpecState(jnp.int32(0), tokens, jnp.ones((batch,), jnp.int32), first, lengths, done, out.cache, seen)
+    steps = jnp.zeros((batch, n_new + spec.lookahead), jnp.int32).at[:, 0].set(out.steps)
+    state = SpecState(jnp.int32(0), tokens, steps, jnp.ones((batch,), jnp.int32), first, lengths, done, out.cache,
+                      seen)
     state = speculative_loop(model, spec.layout, state, jax.random.fold_in(key, 1), num_steps=spec.num_steps,
                              draft_steps=spec.draft_steps, lookahead=spec.lookahead, max_new_tokens=n_new,
                              init_scale=spec.init_scale, choose=choose, stop_ids=args.stop_ids, pad_id=pad,
@@ -178,7 +180,7 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
                                  args.verification_threshold if spec.relaxed_verification else None))
     count = jnp.minimum(state.count, n_new)
     tokens = jnp.where(jnp.arange(n_new)[None] < count[:, None], state.tokens[:, :n_new], pad)
-    steps = jnp.where(jnp.arange(n_new)[None] < count[:, None], spec.num_steps, 0).astype(jnp.int32)
+    steps = jnp.where(jnp.arange(n_new)[None] < count[:, None], state.steps[:, :n_new], 0)
   else:
     tokens = jnp.full((batch, n_new), pad, jnp.int32).at[:, 0].set(first)
     steps = jnp.zeros((batch, n_new), jnp.int32).at[:, 0].set(out.steps)
@@ -237,11 +239,11 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
   state starts from the previous token's final latent. ``draft_steps``/``lookahead``: self-speculative decoding
   (defaults 32 and 8 as in the original when only one is given); a draft token is accepted when it is the
   verifier's argmax, or with ``verification_threshold`` < 1 when its probability is at least that fraction of the
-  top one. ``temperature`` 0 is greedy; otherwise the
-  repetition penalty, temperature, top-k, top-p and min-p filters apply in that order. A row ends after a token
-  in ``stop_ids``; the rest of it is ``pad_id``. Prompts: [B, S] right-padded with ``pad_id`` (or with
-  ``prompt_lengths``), or a list of token lists. ``stream(new_tokens [B, K], num_new [B])`` is called on the host
-  as tokens are produced.
+  top one (``steps`` then reports ``draft_steps`` for a draft accepted only that way). ``temperature`` 0 is greedy;
+  otherwise the repetition penalty, temperature, top-k, top-p and min-p filters apply in that order. A row ends
+  after a token in ``stop_ids``; the rest of it is ``pad_id``. Prompts: [B, S] right-padded with ``pad_id`` (or
+  with ``prompt_lengths``), or a list of token lists. ``stream(new_tokens [B, K], num_new [B])`` is called on the
+  host as tokens are produced.
   """
   config_f = config_lib.frozen(config)
   num_steps = config.mean_recurrence if num_steps is None else num_steps

@@ -4,7 +4,9 @@ Each round drafts ``lookahead`` tokens one at a time with ``draft_steps`` iterat
 token and the first lookahead - 1 drafts as one chunk with ``num_steps`` iterations (overwriting the drafts' cache
 entries). The verifier's argmax at each position is compared with the next draft: the drafts before the first
 mismatch are accepted, followed by a token sampled from the verifier at the mismatch; when all agree, all drafts
-are accepted and no extra token is added, as in the original. Rows accept independently (each has its own
+are accepted and no extra token is added, as in the original. Each token records the iterations behind it:
+``num_steps`` for the verifier's choices (an accepted draft that is the verifier's argmax, or the token taken at the
+mismatch), ``draft_steps`` for a draft that passed only the relaxed test. Rows accept independently (each has its own
 position), and the whole loop is one ``lax.while_loop``. Unlike the original, which may return a few tokens more
 than asked (its last round is not cut) and pads rows of a batch to a common acceptance, every row gets exactly
 ``max_new_tokens`` tokens (or fewer after a stop id).
@@ -26,6 +28,7 @@ Array = jax.Array
 class SpecState(NamedTuple):
   round: Array  # scalar int32
   tokens: Array  # [B, N + lookahead] generated tokens (pad beyond count)
+  steps: Array  # [B, N + lookahead] core iterations behind each token (0 beyond count)
   count: Array  # [B] tokens generated so far
   last: Array  # [B] last generated token, not yet run through the model
   pos: Array  # [B] its position
@@ -77,8 +80,9 @@ def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: 
     chunk = jnp.concatenate([st.last[:, None], drafted[:, :-1]], axis=1)
     out = run_chunk(model, layout, cache, chunk, st.pos, num_steps=num_steps, active=active,
                     key=jax.random.fold_in(k_init, length), init_scale=init_scale, all_logits=True)
+    is_argmax = jnp.argmax(out.logits, axis=-1) == drafted
     if verification_threshold is None:
-      mismatch = jnp.argmax(out.logits, axis=-1) != drafted
+      mismatch = ~is_argmax
     else:
       probs = jax.nn.softmax(out.logits, axis=-1)
       drafted_probs = jnp.take_along_axis(probs, drafted[..., None], axis=-1)[..., 0]
@@ -94,15 +98,19 @@ def speculative_loop(model, layout, state: SpecState, key: Array, *, num_steps: 
     n_new = jnp.where(has_stop, jnp.argmax(stop, axis=1) + 1, n_new)
     n_new = jnp.where(active, n_new, 0)
     new = jnp.where(idx < n_new[:, None], new, pad_id)
+    # A draft that passed only the relaxed test is the draft's token, not the verifier's: it cost draft_steps.
+    new_steps = jnp.where((idx < first[:, None]) & ~is_argmax, draft_steps, num_steps)
+    new_steps = jnp.where(idx < n_new[:, None], new_steps, 0).astype(jnp.int32)
     if emit is not None:  # the last round may overshoot max_new_tokens; those tokens are not reported
       emit(new, jnp.minimum(n_new, max_new_tokens - st.count))
 
     tokens = _write_at(st.tokens, st.count, new, active)
+    steps = _write_at(st.steps, st.count, new_steps, active)
     last = jnp.take_along_axis(new, jnp.maximum(n_new - 1, 0)[:, None], axis=1)[:, 0]
     seen = None if st.seen is None else sampling.mark_seen(st.seen, new, idx < n_new[:, None])
     count = st.count + n_new
     done = st.done | has_stop | (count >= max_new_tokens)
-    return SpecState(st.round + 1, tokens, count, jnp.where(active, last, st.last), st.pos + n_new, done,
+    return SpecState(st.round + 1, tokens, steps, count, jnp.where(active, last, st.last), st.pos + n_new, done,
                      out.cache, seen)
 
   return jax.lax.while_loop(cond, body, state)

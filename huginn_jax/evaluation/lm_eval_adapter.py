@@ -4,7 +4,8 @@ Importable without ``lm_eval``: the class subclasses ``lm_eval.api.model.LM`` wh
 plain base otherwise, so the adapter can also score local files. Every request has ``.args``: (context,
 continuation) for the log-likelihood methods, (text,) for the rolling one, (context, gen_kwargs) for generation.
 Scoring runs ``hj.forward`` at ``num_steps`` iterations from a zero initial state (deterministic); rows are right
-padded to a multiple of ``pad_multiple`` and batches filled to ``batch_size`` so few shapes get compiled.
+padded to a multiple of ``pad_multiple`` and batches filled to ``batch_size`` so few shapes get compiled. Generation
+runs ``hj.generate`` on up to ``generate_batch_size`` requests at once, grouped by their settings and prompt width.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ def _decode(tokenizer, ids: Sequence[int]) -> str:
   return tokenizer.decode([int(i) for i in ids])
 
 
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(0, n - 1).bit_length()
+
+
 class HuginnLM(_Base):
   """lm-eval model over Huginn params at a fixed number of recurrent iterations."""
 
   def __init__(self, params, config, tokenizer, *, num_steps: int | None = None, batch_size: int = 8,
                prefix_ids: Sequence[int] = (), max_length: int | None = None, pad_multiple: int = 32,
-               stop_ids: Sequence[int] | None = None, progress: bool = False):
+               stop_ids: Sequence[int] | None = None, progress: bool = False, generate_batch_size: int = 16):
     super().__init__()
     import jax
     import huginn_jax as hj
@@ -47,6 +52,9 @@ class HuginnLM(_Base):
     self.num_steps = config.mean_recurrence if num_steps is None else int(num_steps)
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if generate_batch_size < 1:
+      raise ValueError(f"generate_batch_size must be >= 1, got {generate_batch_size}.")
+    self.generate_batch_size = int(generate_batch_size)  # each row holds a KV cache: lower it for long prompts
     self.batch_size, self.pad_multiple, self.progress = batch_size, max(1, pad_multiple), progress
     self.prefix_ids = [int(i) for i in prefix_ids]  # e.g. the BOS id; conditions an empty context
     self.max_length = config.max_seq_len if max_length is None else max_length
@@ -125,23 +133,50 @@ class HuginnLM(_Base):
 
   # --- generation --------------------------------------------------------------------------------------------
   def generate_until(self, requests) -> list[str]:
-    """Greedy (or sampled, with ``temperature`` > 0) text after each context, cut at the first ``until`` string."""
+    """Greedy (or sampled, with ``temperature`` > 0) text after each context, cut at the first ``until`` string.
+
+    Requests sharing ``max_gen_toks``, temperature and prompt width rounded up to a power of two run together,
+    ``generate_batch_size`` at a time (a short last batch is filled up to a power of two by repeating a row), so few
+    programs get compiled. Rows decode independently, so greedy text equals running each request alone; sampled text
+    draws from one key per batch instead of one per request.
+    """
     import jax
     import huginn_jax as hj
-    results = []
-    for req in requests:
+    prompts, stops, groups = [], [], {}
+    for i, req in enumerate(requests):
       context, gen_kwargs = req.args
       gen_kwargs = dict(gen_kwargs or {})
       until = gen_kwargs.pop("until", None) or []
-      until = [until] if isinstance(until, str) else list(until)
+      stops.append([until] if isinstance(until, str) else list(until))
       max_new = int(gen_kwargs.pop("max_gen_toks", 256))
       temperature = float(gen_kwargs.pop("temperature", 0.0)) if gen_kwargs.pop("do_sample", True) else 0.0
       ids = (self.prefix_ids + _ids(self.tokenizer, context))[-(self.max_length - max_new):]
-      out = hj.generate(self.params, [ids], config=self.config, max_new_tokens=max_new, num_steps=self.num_steps,
-                        init_scale=0.0, temperature=temperature, key=jax.random.key(0), stop_ids=self.stop_ids)
-      n = int(np.asarray(out.num_generated)[0])
-      new = [t for t in np.asarray(out.tokens)[0, :n].tolist() if t not in self.stop_ids]
-      results.append(cut_at_stop(_decode(self.tokenizer, new), until))
+      if not ids:
+        raise ValueError("An empty context needs prefix_ids (e.g. the BOS id) to condition the first token.")
+      prompts.append(ids)
+      room = min(self.max_length, self.config.max_seq_len) - max_new  # the padded width must still fit
+      width = max(min(_pow2_at_least(len(ids)), room), len(ids))
+      groups.setdefault((max_new, temperature, width), []).append(i)
+
+    size = self.generate_batch_size
+    batches = [(key, rows[s:s + size]) for key, rows in groups.items() for s in range(0, len(rows), size)]
+    if self.progress:
+      from tqdm import tqdm
+      batches = tqdm(batches, desc=f"huginn generate r={self.num_steps}")
+    results = [""] * len(requests)
+    for (max_new, temperature, width), rows in batches:
+      filled = rows + rows[:1] * (min(_pow2_at_least(len(rows)), size) - len(rows))
+      lengths = np.array([len(prompts[i]) for i in filled], np.int32)
+      batch = np.zeros((len(filled), width), np.int32)
+      for b, i in enumerate(filled):
+        batch[b, :lengths[b]] = prompts[i]
+      out = hj.generate(self.params, batch, prompt_lengths=lengths, config=self.config, max_new_tokens=max_new,
+                        num_steps=self.num_steps, init_scale=0.0, temperature=temperature, key=jax.random.key(0),
+                        stop_ids=self.stop_ids)
+      tokens, counts = np.asarray(out.tokens), np.asarray(out.num_generated)
+      for b, i in enumerate(rows):
+        new = [t for t in tokens[b, :counts[b]].tolist() if t not in self.stop_ids]
+        results[i] = cut_at_stop(_decode(self.tokenizer, new), stops[i])
     return results
 
 

@@ -65,6 +65,37 @@ def test_relaxed_verification(tiny_model, golden):
   assert not np.array_equal(np.asarray(loose.sequences), golden["gen_greedy_steps16"])
 
 
+def test_speculative_steps_are_the_verifiers_under_greedy_verification(tiny_model, golden):
+  """Greedy verification keeps only the verifier's argmax tokens: each counts num_steps, and positions after a stop
+  id count 0 as elsewhere."""
+  prompt = golden["tokens"][:, :PROMPT]
+  stop = int(golden["gen_greedy_steps16"][0, PROMPT + 4])  # the fifth new token of row 0 ends it
+  out = _generate(tiny_model, prompt, num_steps=16, draft_steps=2, lookahead=3, stop_ids=(stop,))
+  for row, n in enumerate(np.asarray(out.num_generated)):
+    assert (np.asarray(out.steps)[row, :n] == 16).all() and (np.asarray(out.steps)[row, n:] == 0).all()
+  assert int(out.num_generated[0]) <= 5 < NEW
+
+
+def test_relaxed_accepted_drafts_report_draft_steps(tiny_model, golden):
+  """With a relaxed threshold a draft the verifier would not have picked can pass: it is the draft's token and
+  reports draft_steps; every other token is the verifier's argmax and reports num_steps. Which is which is
+  recomputed here with the full forward at num_steps on the generated sequence."""
+  config, params = tiny_model
+  threshold, draft_steps = 0.1, 2
+  out = _generate(tiny_model, golden["tokens"][:, :PROMPT], num_steps=16, draft_steps=draft_steps, lookahead=3,
+                  verification_threshold=threshold)
+  seq, steps = np.asarray(out.sequences), np.asarray(out.steps)
+  assert (np.asarray(out.num_generated) == NEW).all()
+  logits = np.asarray(hj.forward(params, seq, config=config, num_steps=16, init_scale=0.0).logits, np.float64)
+  logits = logits[:, PROMPT - 1:-1]  # the logits each new token was chosen from
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  chosen = np.take_along_axis(probs, seq[:, PROMPT:, None], axis=-1)[..., 0]
+  verifier_pick = logits.argmax(-1) == seq[:, PROMPT:]
+  assert verifier_pick.any() and (~verifier_pick).any()  # the case mixes both kinds
+  assert (chosen[~verifier_pick] >= threshold * probs.max(-1)[~verifier_pick] * (1 - 1e-4)).all()
+  np.testing.assert_array_equal(steps, np.where(verifier_pick, 16, draft_steps))
+
+
 def _recompute_greedy(tiny_model, prompt, new_tokens, num_steps):
   """Greedy decoding by running the full forward from a zero state on the whole sequence for every token."""
   config, params = tiny_model

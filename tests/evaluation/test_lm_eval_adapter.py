@@ -85,3 +85,52 @@ def test_cut_at_stop_and_bad_requests(lm):
   assert cut_at_stop("abc", []) == "abc"
   with pytest.raises(ValueError, match="prefix_ids"):
     lm.loglikelihood([_req("", "w1")])
+
+
+def _words(ids):
+  return " ".join(f"w{i}" for i in ids)
+
+
+def _one_by_one(tiny_model, tokenizer, ids, max_new, until, stop_ids):
+  """What generate_until returned when it ran hj.generate on each request alone."""
+  config, params = tiny_model
+  out = hj.generate(params, [ids], config=config, max_new_tokens=max_new, num_steps=STEPS, init_scale=0.0,
+                    stop_ids=stop_ids)
+  n = int(np.asarray(out.num_generated)[0])
+  new = [t for t in np.asarray(out.tokens)[0, :n].tolist() if t not in stop_ids]
+  return cut_at_stop(tokenizer.decode(new), until)
+
+
+def test_batched_generate_until_equals_one_request_at_a_time(tiny_model, tokenizer):
+  """Contexts of 2 to 12 tokens (four width buckets), two max_gen_toks, stop strings and a stop id that ends some
+  rows early: batched four at a time (a group of five split in two, a group of three filled up to four), each
+  result is what hj.generate gives the request alone, in the request order."""
+  config, params = tiny_model
+  rng = np.random.default_rng(3)
+  contexts = [rng.integers(0, 256, n).tolist() for n in (3, 12, 4, 2, 7, 4, 8, 3, 4, 5, 3)]
+  max_gen = [6, 4, 6, 6, 6, 6, 6, 4, 6, 6, 6]  # groups of 5, 3, 1, 1 and 1 requests
+  free = [_one_by_one(tiny_model, tokenizer, c, m, [], ()) for c, m in zip(contexts, max_gen)]
+  stop_id = int(free[-1].split()[2][1:])  # the third word of the last row becomes a stop token
+  until = [[], [free[1].split()[1]], ["\n\n"], [free[3].split()[-1], "w999"], [], [], "w7", [], [], [], []]
+  requests = [_req(_words(c), {"until": u, "max_gen_toks": m}) for c, m, u in zip(contexts, max_gen, until)]
+  expected = [_one_by_one(tiny_model, tokenizer, c, m, [u] if isinstance(u, str) else u, (stop_id,))
+              for c, m, u in zip(contexts, max_gen, until)]
+  assert len(set(expected)) > 5 and len(expected[-1].split()) == 2  # distinct rows; the stop id cut the last
+  assert expected[1] != free[1] and expected[3] != free[3]  # the stop strings cut
+  lm = HuginnLM(params, config, tokenizer, num_steps=STEPS, stop_ids=(stop_id,), generate_batch_size=4)
+  assert lm.generate_until(requests) == expected
+
+
+def test_generate_until_batches_requests(monkeypatch, tiny_model, tokenizer):
+  """Six requests of one width bucket and setting need one hj.generate call with the default batch size, two with
+  generate_batch_size=4, where one call per request ran before."""
+  config, params = tiny_model
+  calls = []
+  real = hj.generate
+  monkeypatch.setattr(hj, "generate", lambda *a, **k: calls.append(np.shape(a[1])) or real(*a, **k))
+  requests = [_req(_words(range(i, i + n)), {"until": [], "max_gen_toks": 3}) for i, n in enumerate((5, 6, 7, 8, 5, 6))]
+  got = HuginnLM(params, config, tokenizer, num_steps=STEPS).generate_until(requests)
+  assert calls == [(8, 8)]  # six rows filled up to eight, eight tokens wide
+  assert HuginnLM(params, config, tokenizer, num_steps=STEPS, generate_batch_size=4).generate_until(requests) == got
+  assert calls[1:] == [(4, 8), (2, 8)]
+  assert len(got) == 6 and all(len(text.split()) == 3 for text in got)
