@@ -1,7 +1,8 @@
 """Cached decoding throughput of ``hj.generate``: tokens/s per batch size and KV-cache strategy at r iterations.
 
 Random weights, greedy, zero initial state, no stop ids (every row decodes every token), one jitted program per
-generation. Decode tokens/s excludes the prefill: B * (N - 1) / (time of N new tokens - time of 1 new token). Also
+batch and cache. Decode tokens/s excludes the prefill: B * (N - 1) / (time of N new tokens - time of 1 new token),
+the second time from the same program stopped after its first token by a stop id. Also
 printed: the memory traffic a decode step needs at least (weights, the core's r times, plus every cached key and
 value it attends to; ``huginn_jax.flops.decode_bytes_per_step``) as achieved bandwidth and its share of the
 device's peak (the limit at batch 1), and MFU (the limit at large batch).
@@ -43,12 +44,16 @@ def main(argv=None) -> list[dict]:
     for batch in args.batches:
       prompt = np.random.default_rng(batch).integers(0, min(config.vocab_size, 65504), (batch, args.prompt_len))
 
-      def run(new_tokens, prompt=prompt.astype(np.int32), cache=cache):
-        return lambda: hj.generate(params, prompt, config=config, max_new_tokens=new_tokens, num_steps=r,
-                                   init_scale=0.0, cache=cache, stop_ids=()).tokens
+      # One compiled program times both the whole generation and the prefill plus one token: stop ids are traced,
+      # so the second run stops every row at the token the first run chose first (-1 never matches).
+      def run(stop_ids, prompt=prompt.astype(np.int32), cache=cache):
+        return lambda: hj.generate(params, prompt, config=config, max_new_tokens=n_new, num_steps=r,
+                                   init_scale=0.0, cache=cache, stop_ids=stop_ids).tokens
 
-      full = perf.time_call(run(n_new), repeats=args.repeats).best
-      first = perf.time_call(run(1), repeats=args.repeats).best
+      never = np.full((batch,), -1, np.int32)
+      first_tokens = np.asarray(run(never)())[:, 0]
+      full = perf.time_call(run(never), repeats=args.repeats).best
+      first = perf.time_call(run(first_tokens), repeats=args.repeats).best
       step_s = max(full - first, 1e-9) / (n_new - 1)  # one decode step of the whole batch
       moved = flops.decode_bytes_per_step(config, num_steps=r, batch=batch, context_len=context)
       model_flops = batch * flops.decode_flops_per_token(config, context, r) / step_s

@@ -103,6 +103,16 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+def _needs_cast(w: Array, dtype) -> bool:
+  return jnp.issubdtype(w.dtype, jnp.floating) and w.dtype != dtype
+
+
+def cast_weights(tree, dtype):
+  """Floating weights in the compute dtype, which is what every layer casts them to where it uses them: done once
+  before a loop, this spares a pass over the weights per iteration."""
+  return jax.tree.map(lambda w: w.astype(dtype) if _needs_cast(w, dtype) else w, tree)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _precast(dtype: str, weight: Array, cast: Array) -> Array:
   """``cast`` (``weight`` already in the compute dtype) whose gradient goes to ``weight``, in ``weight``'s dtype."""
@@ -134,8 +144,8 @@ def iterate(core: Core, s: Array, e: Array, positions: Array, mask: Array | None
   # Weights are cast to the compute dtype once, here, not in every iteration (XLA does not hoist the casts out of a
   # differentiated loop: a pass over all core weights per iteration, forward and remat); gradients still reach the
   # original weights and add up across iterations in their dtype (float32).
-  needs_cast = lambda w: jnp.issubdtype(w.dtype, jnp.floating) and w.dtype != s.dtype  # noqa: E731
-  cast = jax.tree.map(lambda w: jax.lax.stop_gradient(w.astype(s.dtype)) if needs_cast(w) else w, state)
+  needs_cast = lambda w: _needs_cast(w, s.dtype)  # noqa: E731
+  cast = jax.lax.stop_gradient(cast_weights(state, s.dtype))
 
   def step(state, s):
     used = jax.tree.map(lambda w, c: _precast(w.dtype.name, w, c) if needs_cast(w) else w, state, cast)

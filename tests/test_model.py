@@ -7,19 +7,7 @@ import pytest
 
 import huginn_jax as hj
 from huginn_jax.training import step as step_lib
-
-
-def _eqns(jaxpr, in_loop=False):
-  """(equation, inside a loop body?) of a jaxpr and of every jaxpr nested in it."""
-  for eqn in jaxpr.eqns:
-    yield eqn, in_loop
-    loop = in_loop or eqn.primitive.name in ("scan", "while")
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          yield from _eqns(sub.jaxpr, loop)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          yield from _eqns(sub, loop)
+from jaxpr_walk import casts_in_loops, eqns
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +24,7 @@ def mixed():
 def test_core_weights_are_not_cast_inside_the_loop(mixed):
   config, params, grad = mixed
   core_shapes = {tuple(w.shape) for w in jax.tree.leaves(params["core"]) if w.ndim >= 2}
-  casts = [eqn for eqn, in_loop in _eqns(jax.make_jaxpr(grad)(params).jaxpr) if in_loop
-           and eqn.primitive.name == "convert_element_type" and eqn.outvars[0].aval.dtype == jnp.bfloat16
-           and tuple(eqn.invars[0].aval.shape) in core_shapes]
+  casts = casts_in_loops(jax.make_jaxpr(grad)(params).jaxpr, core_shapes)
   assert not casts, casts[:2]
 
 
@@ -47,7 +33,7 @@ def test_weight_gradients_add_up_in_float32(mixed):
   grads = grad(params)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
   core_shapes = {tuple(w.shape) for w in jax.tree.leaves(params["core"]) if w.ndim >= 2}
-  loops = [eqn for eqn, _ in _eqns(jax.make_jaxpr(grad)(params).jaxpr) if eqn.primitive.name in ("scan", "while")]
+  loops = [eqn for eqn, _ in eqns(jax.make_jaxpr(grad)(params).jaxpr) if eqn.primitive.name in ("scan", "while")]
   weight_sums = [v.aval for eqn in loops for v in eqn.outvars if tuple(v.aval.shape) in core_shapes]
   assert weight_sums and all(a.dtype == jnp.float32 for a in weight_sums), weight_sums
   # and the gradient is that of the bf16 model: close to the float32 one

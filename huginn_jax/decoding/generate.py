@@ -28,6 +28,7 @@ from huginn_jax.decoding import sampling
 from huginn_jax.decoding.chunk import run_chunk
 from huginn_jax.decoding.exit_criteria import get_criterion
 from huginn_jax.decoding.speculative import SpecState, speculative_loop
+from huginn_jax.model import cast_weights
 
 Array = jax.Array
 
@@ -138,7 +139,8 @@ def _at(x: Array, index: Array) -> Array:
 
 def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, args: DecodeArgs, *,
                    config: ml_collections.FrozenConfigDict, spec: DecodeSpec) -> GenerationOutput:
-  model = model_from_params(params, config)
+  # Weights in the compute dtype once, not at every use inside the token loop (f32 weights would be read 32x/token).
+  model = model_from_params(cast_weights(params, config.compute_dtype), config)
   batch, prompt_len = prompt.shape
   n_new, pad = spec.max_new_tokens, spec.pad_id
   key = jax.random.key(0) if key is None else key

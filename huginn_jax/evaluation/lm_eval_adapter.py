@@ -150,6 +150,9 @@ class HuginnLM(_Base):
       stops.append([until] if isinstance(until, str) else list(until))
       max_new = int(gen_kwargs.pop("max_gen_toks", 256))
       temperature = float(gen_kwargs.pop("temperature", 0.0)) if gen_kwargs.pop("do_sample", True) else 0.0
+      if not 0 < max_new < self.max_length:
+        raise ValueError(f"max_gen_toks={max_new} leaves no room for the context in max_length={self.max_length}; "
+                         "ask for fewer new tokens or raise max_length.")
       ids = (self.prefix_ids + _ids(self.tokenizer, context))[-(self.max_length - max_new):]
       if not ids:
         raise ValueError("An empty context needs prefix_ids (e.g. the BOS id) to condition the first token.")

@@ -1,5 +1,7 @@
-"""The compiled decoding program: no host round trips unless streaming, and the cache is never converted whole."""
+"""The compiled decoding program: no host round trips unless streaming, no whole-cache conversions, and float32
+weights cast to the compute dtype once, not in the token loop."""
 
+import functools
 import importlib
 import re
 
@@ -9,6 +11,7 @@ import pytest
 
 import huginn_jax as hj
 from huginn_jax.decoding import cache as cache_lib
+from jaxpr_walk import casts_in_loops
 
 generate_lib = importlib.import_module("huginn_jax.decoding.generate")  # the package re-exports the function
 
@@ -45,3 +48,16 @@ def test_no_host_callback_unless_streaming(bf16_model):
   streamed = generate_lib.lower_generate(params, np.zeros((1, 6), np.int32), config=config, max_new_tokens=4,
                                          num_steps=3, init_scale=0.0, stream=lambda *a: None)
   assert callback.search(streamed.compile().as_text())  # the check can see a callback when there is one
+
+
+def test_float32_weights_are_cast_once_outside_the_token_loop():
+  config = hj.get_config("tiny", compute_dtype="bfloat16", param_dtype="float32")
+  params = hj.init(config, jax.random.key(0))
+  shapes = {tuple(w.shape) for w in jax.tree.leaves(params) if w.ndim >= 2}
+  make_jaxpr = lambda *args, config, spec: jax.make_jaxpr(  # noqa: E731
+      functools.partial(generate_lib._generate_impl, config=config, spec=spec))(*args)
+  for kwargs in ({}, {"exit_criterion": "kl"}, {"draft_steps": 2, "lookahead": 2}):
+    jaxpr = generate_lib.generate(params, np.zeros((1, 6), np.int32), config=config, max_new_tokens=4, num_steps=3,
+                                  init_scale=0.0, _run=make_jaxpr, **kwargs).jaxpr
+    assert not casts_in_loops(jaxpr, shapes), kwargs
+    assert any(eqn.primitive.name == "while" for eqn in jaxpr.eqns)  # there is a loop to check

@@ -85,6 +85,8 @@ def test_cut_at_stop_and_bad_requests(lm):
   assert cut_at_stop("abc", []) == "abc"
   with pytest.raises(ValueError, match="prefix_ids"):
     lm.loglikelihood([_req("", "w1")])
+  with pytest.raises(ValueError, match="max_gen_toks"):
+    lm.generate_until([_req("w1 w2", {"max_gen_toks": lm.max_length})])
 
 
 def _words(ids):
