@@ -75,13 +75,31 @@ def main(argv=None) -> None:
   step = step_lib.make_train_step(config, train, tx, schedule, mesh=mesh, rules=rules)
 
   start = time.time()
-  with jax.set_mesh(mesh):
-    report = aot.memory_analysis(lambda state, batch: step(state, batch), state, batch, donate_argnums=(0,),
-                                 names=["train state (fp32 params + atan2-Adam moments)", "batch"])
   target = "simulated CPU devices" if args.cpu else args.accelerator_type
-  print(f"{args.config} on {target}, mesh (data, fsdp, tensor) = {shape}, {args.micro_batch} x {args.seq_len} tokens "
-        f"per device, n={n} k={k}, attention={args.attention} (compiled in {time.time() - start:.0f} s)")
+  what = (f"{args.config} on {target}, mesh (data, fsdp, tensor) = {shape}, {args.micro_batch} x {args.seq_len} "
+          f"tokens per device, n={n} k={k}, attention={args.attention}")
+  try:
+    with jax.set_mesh(mesh):
+      report = aot.memory_analysis(lambda state, batch: step(state, batch), state, batch, donate_argnums=(0,),
+                                   names=["train state (fp32 params + atan2-Adam moments)", "batch"])
+  except Exception as error:  # the TPU compiler refuses a step that does not fit in HBM
+    message = out_of_memory_message(error, what)
+    if message is None:
+      raise
+    sys.exit(message)
+  print(f"{what} (compiled in {time.time() - start:.0f} s)")
   print(report)
+
+
+def out_of_memory_message(error: Exception, what: str) -> str | None:
+  """A report of a step that does not fit, with what to change; None when ``error`` is not about memory."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+    return None
+  detail = next((line.strip() for line in text.splitlines() if "memory" in line.lower()), text.strip())
+  return (f"{what}: does NOT fit on one device.\n  compiler: {detail}\n  fix: fewer sequences per device "
+          "(--micro-batch, then gradient accumulation), a larger fsdp axis, shorter sequences, or a slice with more "
+          "memory per chip.")
 
 
 if __name__ == "__main__":
