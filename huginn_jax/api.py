@@ -167,14 +167,44 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
+def chunked_cross_entropy(model: Huginn, x: Array, labels: Array, chunk: int) -> Array:
+  """``cross_entropy(model.logits(x), labels)`` without ever holding all the logits: ``chunk`` positions at a time,
+  each chunk's logits recomputed in the backward pass. At a 65,536-word vocabulary the float32 logits of one
+  4,096-token sequence are 1 GiB, and their gradient another."""
+  batch, seq = labels.shape
+  chunk = min(chunk, seq)
+  n_chunks = -(-seq // chunk)
+  pad = n_chunks * chunk - seq
+  x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+  labels = jnp.pad(labels, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
+  xs = jnp.moveaxis(x.reshape(batch, n_chunks, chunk, -1), 1, 0)
+  ys = jnp.moveaxis(labels.reshape(batch, n_chunks, chunk), 1, 0)
+
+  @jax.checkpoint
+  def one(x_chunk, y_chunk):
+    valid = y_chunk != IGNORE_INDEX
+    logp = jax.nn.log_softmax(model.logits(x_chunk), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, y_chunk, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
+
+  def body(total, xy):
+    nll, count = one(*xy)
+    return (total[0] + nll, total[1] + count), None
+
+  (nll, count), _ = jax.lax.scan(body, (jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32)), (xs, ys))
+  return nll / jnp.maximum(count, 1)
+
+
 def loss(params: Params, token_ids, labels, *, config, num_steps=None, initial_state: Array | None = None,
          key: Array | None = None, init_scale: float = 1.0, max_grad_steps: int | None = None,
-         attention_mask: Array | None = None, remat_policy: str | None = None) -> Array:
+         attention_mask: Array | None = None, remat_policy: str | None = None, loss_chunk: int | None = None) -> Array:
   """Cross-entropy with truncated backprop through the recurrence, as the original trains.
 
   ``num_steps=(n, k)``: n iterations under ``stop_gradient`` (neither the state nor the injected prelude output
   carries gradient there), then k with gradient. A plain int means (0, num_steps). n may be traced; a traced k
   needs ``max_grad_steps`` (the static length of the masked gradient scan, default ``config.mean_backprop_depth``).
+  ``loss_chunk``: compute the vocabulary projection and cross-entropy that many positions at a time (the same
+  loss; saves the [B, S, vocab] float32 logits and their gradient).
   """
   tokens = _check_tokens(token_ids, config)
   if num_steps is None:
@@ -189,5 +219,11 @@ def loss(params: Params, token_ids, labels, *, config, num_steps=None, initial_s
   sg = jax.lax.stop_gradient
   s = sg(iterate(sg(model.core), sg(s), sg(e), positions, mask, n))
   s = iterate(model.core, s, e, positions, mask, k, max_steps=max_grad_steps, remat_policy=policy)
+  labels = jnp.asarray(labels)
+  if loss_chunk:
+    if loss_chunk < 1:
+      raise ValueError(f"loss_chunk must be a positive number of positions (or None), got {loss_chunk}.")
+    _, x = model.run_coda(s, positions, mask)
+    return chunked_cross_entropy(model, x, labels, int(loss_chunk))
   _, logits = model.head(s, positions, mask)
-  return cross_entropy(logits, jnp.asarray(labels))
+  return cross_entropy(logits, labels)

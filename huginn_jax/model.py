@@ -85,13 +85,20 @@ class Huginn(nnx.Module):
 
   def head(self, s: Array, positions: Array, mask: Array | None) -> tuple[Array, Array]:
     """Returns (latents, logits): latents = ln_f(s); coda; ln_f again; tied head in the compute dtype -> f32."""
+    latents, x = self.run_coda(s, positions, mask)
+    return latents, self.logits(x)
+
+  def run_coda(self, s: Array, positions: Array, mask: Array | None) -> tuple[Array, Array]:
+    """(latents = ln_f(s), the coda's output after ln_f): everything of ``head`` but the vocabulary projection."""
     latents = self.ln_f(s)
     x = latents
     for block in self.coda:
       x = block(x, positions, mask)
-    x = self.ln_f(x)
-    logits = x @ self.wte[...].astype(x.dtype).T
-    return latents, logits.astype(jnp.float32)
+    return latents, self.ln_f(x)
+
+  def logits(self, x: Array) -> Array:
+    """The tied head: x @ wte.T in the compute dtype, returned in float32."""
+    return (x @ self.wte[...].astype(x.dtype).T).astype(jnp.float32)
 
 
 REMAT_POLICIES: dict[str, Callable | None] = {

@@ -116,3 +116,32 @@ def test_other_bad_inputs_get_clear_errors(tiny_model, tokens):
   small = hj.get_config("tiny", d_model=32, head_dim=8)
   with pytest.raises(ValueError, match="params do not match"):
     hj.forward(params, tokens, config=small, num_steps=1, init_scale=0.0)
+
+
+def test_chunked_loss_equals_the_whole_loss_and_gradient(tiny_model):
+  config, params = tiny_model
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 37)), jnp.int32)
+  labels = tokens.at[0, 5].set(-100).at[1, 30:].set(-100)  # ignored positions, and 37 is not a multiple of 8
+  loss = lambda p, chunk: hj.loss(p, tokens, labels, config=config, num_steps=(2, 2), init_scale=0.0,  # noqa: E731
+                                  loss_chunk=chunk)
+  whole, whole_grads = jax.value_and_grad(loss)(params, None)
+  chunked, chunked_grads = jax.value_and_grad(loss)(params, 8)
+  assert abs(float(chunked) - float(whole)) < 1e-5 * abs(float(whole))
+  for a, b in zip(jax.tree.leaves(chunked_grads), jax.tree.leaves(whole_grads)):
+    assert rel_err(a, b) < 1e-5
+  with pytest.raises(ValueError, match="loss_chunk"):
+    loss(params, -1)
+
+
+def test_chunked_loss_never_holds_all_the_logits():
+  """Compiled, not run: the gradient's temporaries shrink by about the [B, S, vocab] float32 logits."""
+  config = hj.get_config("tiny", vocab_size=65536, max_seq_len=512)
+  params = jax.eval_shape(lambda: hj.init(config, jax.random.key(0)))
+  tokens = jax.ShapeDtypeStruct((2, 512), jnp.int32)
+
+  def temp_bytes(chunk):
+    grad = jax.grad(lambda p, t: hj.loss(p, t, t, config=config, num_steps=(0, 1), init_scale=0.0, loss_chunk=chunk))
+    return jax.jit(grad).lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
+
+  logits = 2 * 512 * 65536 * 4
+  assert temp_bytes(128) < temp_bytes(None) - logits / 2

@@ -34,6 +34,7 @@ def _base() -> ml_collections.ConfigDict:
   c.depth_sampler = "poisson_lognormal"  # the original's; "fixed" runs exactly mean_recurrence iterations
   c.init_scale = 1.0  # std multiplier of the random initial latent state (0 = zeros)
   c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of each gradient iteration ("none" disables)
+  c.loss_chunk = 1024  # positions per chunk of the vocabulary projection + cross-entropy (0: all at once)
   c.init_from = config_dict.placeholder(str)  # a checkpoint to fine-tune from (HF dir or our Orbax dir)
   c.workdir = "outputs/run"
   c.distributed = "auto"  # jax.distributed.initialize(): "auto" (when several hosts are detected), True, False
@@ -169,6 +170,9 @@ def validate(train: ml_collections.ConfigDict, model: ml_collections.ConfigDict)
   r, k0 = depth(train, model)
   if r < 1 or k0 < 1:
     raise ValueError(f"mean_recurrence ({r}) and mean_backprop_depth ({k0}) must be >= 1 for training.")
+  if not isinstance(train.loss_chunk, int) or train.loss_chunk < 0:
+    raise ValueError(f"train.loss_chunk must be a number of positions >= 0 (0 = no chunking), got "
+                     f"{train.loss_chunk!r}.")
   if train.depth_sampler not in ("poisson_lognormal", "fixed"):
     raise ValueError(f"train.depth_sampler must be 'poisson_lognormal' or 'fixed', got {train.depth_sampler!r}.")
   if train.checkpoint.every <= 0 or train.checkpoint.keep <= 0:

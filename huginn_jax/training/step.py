@@ -53,7 +53,7 @@ def row_keys(state_key: jax.Array, batch_size: int) -> jax.Array:
 
 def depth_loss(params, inputs: jax.Array, labels: jax.Array, n: jax.Array, k: jax.Array, keys: jax.Array, *,
                model_config, max_grad_steps: int, remat_policy: str = "none", init_scale: float = 1.0,
-               constrain: Callable | None = None) -> jax.Array:
+               constrain: Callable | None = None, loss_chunk: int = 0) -> jax.Array:
   """The training loss of one micro-batch: random initial states from ``keys`` (one per row), n iterations
   without gradient, k (traced, at most ``max_grad_steps``) with gradient, each gradient iteration checkpointed
   with the remat policy."""
@@ -61,7 +61,7 @@ def depth_loss(params, inputs: jax.Array, labels: jax.Array, n: jax.Array, k: ja
   if constrain is not None:
     s0 = constrain(s0, STATE_AXES, name="initial state")
   return api.loss(params, inputs, labels, config=model_config, num_steps=(n, k), initial_state=s0,
-                  max_grad_steps=max_grad_steps, remat_policy=remat_policy)
+                  max_grad_steps=max_grad_steps, remat_policy=remat_policy, loss_chunk=loss_chunk or None)
 
 
 def make_train_step(model_config, train_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
@@ -75,7 +75,7 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
   constrain = functools.partial(sharding_lib.constrain, mesh=mesh, rules=rules)
   grad_fn = jax.value_and_grad(functools.partial(
       depth_loss, model_config=frozen, max_grad_steps=k0, remat_policy=train_config.remat_policy,
-      init_scale=float(train_config.init_scale), constrain=constrain))
+      init_scale=float(train_config.init_scale), constrain=constrain, loss_chunk=int(train_config.loss_chunk)))
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")

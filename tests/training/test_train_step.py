@@ -9,6 +9,7 @@ from conftest import rel_err
 from training_setup import BATCH, SEQ, cache_dir, short_run
 
 from huginn_jax import sharding
+from huginn_jax.training import config as train_config_lib
 from huginn_jax.training import loop
 from huginn_jax.training import optimizer as opt_lib
 from huginn_jax.training import sampler
@@ -59,6 +60,21 @@ def test_one_step_on_one_device(reference):
   assert float(history[0]["lr"]) == pytest.approx(train.optimizer.lr)
   changed = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()) > 0, state.params, params)
   assert all(jax.tree.leaves(changed)), "every parameter should get an update"
+
+
+def test_chunked_loss_gives_the_same_steps(reference):
+  model, train, params, batches, ref_states, ref_history, _ = reference
+  for chunk in (0, 7):  # all at once; chunks that do not divide the sequence
+    other = train.copy_and_resolve_references()
+    other.loss_chunk = chunk
+    states, history, _ = _single_device_run(model, other, params, batches)
+    assert [float(h["loss"]) for h in history] == pytest.approx([float(h["loss"]) for h in ref_history], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(states[-1].params), jax.tree.leaves(ref_states[-1].params)):
+      assert rel_err(a, b) < 1e-4
+  bad = train.copy_and_resolve_references()
+  bad.loss_chunk = -1
+  with pytest.raises(ValueError, match="train.loss_chunk"):
+    train_config_lib.validate(bad, model)
 
 
 def test_step_on_a_2x2x2_mesh_equals_one_device(reference):
