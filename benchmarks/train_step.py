@@ -32,6 +32,7 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--backprop", type=int, default=8, help="k: the last iterations, with gradient")
   p.add_argument("--remat", default="nothing_saveable", choices=sorted(REMAT_POLICIES))
   p.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
+  p.add_argument("--loss-chunk", type=int, default=1024, help="positions per cross-entropy chunk (0: all at once)")
   args = p.parse_args(argv)
   if not 0 < args.backprop <= args.num_steps:
     p.error(f"--backprop must be in 1..--num-steps ({args.num_steps}), got {args.backprop}.")
@@ -41,7 +42,7 @@ def main(argv=None) -> list[dict]:
   seq = min(args.seq_len, model_config.max_seq_len)
   train_config = train_config_lib.get_train_config(
       "base", batch_size=args.batch, seq_len=seq, mean_recurrence=args.num_steps, mean_backprop_depth=args.backprop,
-      depth_sampler="fixed", remat_policy=args.remat)
+      depth_sampler="fixed", remat_policy=args.remat, loss_chunk=args.loss_chunk)
   train_config.optimizer.name = args.optimizer
   optimizer, schedule = optimizer_lib.make_optimizer(train_config, total_steps=1000)
   state = state_lib.init_state(model_config, optimizer, None, key=jax.random.key(0))
@@ -62,7 +63,7 @@ def main(argv=None) -> list[dict]:
   tokens_per_s = args.batch * seq / timing.best
   model_flops = tokens_per_s * flops.train_flops_per_token(model_config, seq, n, k)
   row = {"work": "train_step", "shape": model_config.name, "batch": args.batch, "seq_len": seq, "n": n, "k": k,
-         "remat": args.remat, "optimizer": args.optimizer, "attention": args.attention, "dtype": args.dtype,
+         "remat": args.remat, "loss_chunk": args.loss_chunk, "optimizer": args.optimizer, "attention": args.attention, "dtype": args.dtype,
          "seconds": timing.best, "tokens_per_s": tokens_per_s, "tflops": model_flops / 1e12,
          "mfu": _common.mfu(model_flops), "state_gib": state_bytes / _common.GIB,
          "planned_temp_gib": None if planned is None else planned["temp"] / _common.GIB,
