@@ -1,5 +1,6 @@
 """Every benchmark of issue 7 in one command: prefill, cached decode and the train step, each in its own process
-(so one's memory does not weigh on the next), then a table of the figures against the targets and the original.
+(so one's memory does not weigh on the next), then a table and a bar plot of the figures against the targets and
+the original.
 
   python benchmarks/suite.py --shape huginn-0125 --out benchmarks/results    # on one GPU: the full run
   python benchmarks/suite.py --quick                                         # tiny shape on CPU, a few seconds
@@ -80,6 +81,37 @@ def table(rows: list[dict], with_targets: bool) -> str:
   return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: str, title: str, with_targets: bool = True) -> None:
+  """Bars of tokens/s per row, each next to its target and the original's figure where it has them (log scale:
+  decode at batch 1 and prefill differ by three orders of magnitude)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  labels, measured, targets, originals = [], [], [], []
+  for row in rows:
+    labels.append(f"{row['work']}\nb{row['batch']} {row.get('cache') or ''}".strip())
+    measured.append(row["tokens_per_s"])
+    target = next(((t, o) for _, fields, t, o in TARGETS if with_targets and matches(row, fields)), (None, None))
+    targets.append(target[0] or 0.0)
+    originals.append(target[1] or 0.0)
+  x = range(len(rows))
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows)), 4.0))
+  ax.bar([i - 0.27 for i in x], measured, width=0.27, label="huginn-jax")
+  if any(targets):
+    ax.bar(list(x), targets, width=0.27, label="target", color="tab:green", alpha=0.6)
+  if any(originals):
+    ax.bar([i + 0.27 for i in x], originals, width=0.27, label="original (PyTorch)", color="tab:gray")
+  ax.set_xticks(list(x), labels, fontsize=7)
+  ax.set_yscale("log")
+  ax.set_ylabel("tokens/s")
+  ax.set_title(title, fontsize=8)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--shape", default="tiny")
@@ -128,7 +160,9 @@ def main(argv=None) -> int:
       f.writelines(json.dumps(row) + "\n" for row in rows)
     with open(os.path.join(args.out, "results.md"), "a") as f:
       f.write(report + "\n\n")
-    print(f"appended to {args.out}/results.jsonl and results.md")
+    if rows:
+      plot(rows, os.path.join(args.out, "results.png"), title, with_targets)
+    print(f"appended to {args.out}/results.jsonl and results.md; plotted {args.out}/results.png")
   if failures:
     print(f"failed: {', '.join(failures)}", file=sys.stderr)
   return 1 if failures else 0

@@ -35,6 +35,7 @@ def test_quick_suite_reports_prefill_decode_and_train_rows(tmp_path):
   assert (train["n"], train["k"]) == (24, 8) and train["planned_total_gib"] > 0 and train["state_gib"] > 0
   assert by_work["prefill"][0]["core_step_ms"] > 0
   assert "| decode | tiny | 8 | compress-s4 |" in (out / "results.md").read_text()
+  assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_table_marks_targets_met_and_missed():
@@ -47,3 +48,11 @@ def test_table_marks_targets_met_and_missed():
   assert lines[1].endswith("| 20.0 | 2.6 | **no** |")
   assert lines[2].endswith("|  |  |  |")  # batch 8 compress-s4 is not one of the targets
   assert "yes" not in suite.table(rows, with_targets=False)
+
+
+def test_plot_draws_targets_and_the_original(tmp_path):
+  suite = _suite()
+  rows = [{"work": "prefill", "shape": "huginn-0125", "batch": 1, "tokens_per_s": 6000.0},
+          {"work": "decode", "shape": "huginn-0125", "batch": 1, "cache": "full", "tokens_per_s": 12.0}]
+  suite.plot(rows, str(tmp_path / "p.png"), "test")
+  assert (tmp_path / "p.png").stat().st_size > 1000
