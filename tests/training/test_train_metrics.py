@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-
 import huginn_jax as hj
 from huginn_jax.training import metrics
 
