@@ -37,7 +37,7 @@ def main(argv=None) -> list[dict]:
   params = hj.init(config, jax.random.key(0))
   n_new, r = args.new_tokens, args.num_steps
   context = args.prompt_len + n_new / 2  # positions a decoded token attends to, on average
-  rows = []
+  rows, profiled = [], None
   print(f"{'shape':>12} {'batch':>5} {'cache':>12} {'r':>3} {'decode tok/s':>12} {'e2e tok/s':>10} "
         f"{'ms/token':>9} {'GB/s':>7} {'BW use':>7} {'MFU':>6} {'cache GiB':>9} {'peak GiB':>8}", flush=True)
   for cache in args.caches:
@@ -51,6 +51,7 @@ def main(argv=None) -> list[dict]:
                                    init_scale=0.0, cache=cache, stop_ids=stop_ids).tokens
 
       never = np.full((batch,), -1, np.int32)
+      profiled = profiled or run(never)
       first_tokens = np.asarray(run(never)())[:, 0]
       full = perf.time_call(run(never), repeats=args.repeats).best
       first = perf.time_call(run(first_tokens), repeats=args.repeats).best
@@ -72,9 +73,8 @@ def main(argv=None) -> list[dict]:
       _common.emit(info, row, args.json)
   if rows:
     print("(peak GiB is the process's allocator peak so far: rows run in this order)")
-  _common.profile(lambda: hj.generate(params, np.zeros((args.batches[0], args.prompt_len), np.int32), config=config,
-                                      max_new_tokens=n_new, num_steps=r, init_scale=0.0, cache=args.caches[0],
-                                      stop_ids=()).tokens, args.profile)
+  if profiled is not None:
+    _common.profile(profiled, args.profile)
   return rows
 
 

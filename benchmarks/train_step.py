@@ -24,6 +24,7 @@ from huginn_jax.training import step as step_lib
 
 import _common
 
+
 def main(argv=None) -> list[dict]:
   p = _common.parser(__doc__)
   p.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (capped at the config's max_seq_len)")
@@ -63,7 +64,8 @@ def main(argv=None) -> list[dict]:
   tokens_per_s = args.batch * seq / timing.best
   model_flops = tokens_per_s * flops.train_flops_per_token(model_config, seq, n, k)
   row = {"work": "train_step", "shape": model_config.name, "batch": args.batch, "seq_len": seq, "n": n, "k": k,
-         "remat": args.remat, "loss_chunk": args.loss_chunk, "optimizer": args.optimizer, "attention": args.attention, "dtype": args.dtype,
+         "remat": args.remat, "loss_chunk": args.loss_chunk, "optimizer": args.optimizer, "attention": args.attention,
+         "dtype": args.dtype,
          "seconds": timing.best, "tokens_per_s": tokens_per_s, "tflops": model_flops / 1e12,
          "mfu": _common.mfu(model_flops), "state_gib": state_bytes / _common.GIB,
          "planned_temp_gib": None if planned is None else planned["temp"] / _common.GIB,
@@ -73,7 +75,8 @@ def main(argv=None) -> list[dict]:
         f"{timing.best * 1e3:.0f} ms/step, {tokens_per_s:,.0f} tok/s, {row['tflops']:.1f} TFLOP/s, "
         f"MFU {_common.fmt(row['mfu'], '{:.1%}')}")
   print(f"  memory: params + optimizer state {row['state_gib']:.2f} GiB; XLA planned temporaries "
-        f"{_common.fmt(row['planned_temp_gib'], '{:.2f} GiB')}, total {_common.fmt(row['planned_total_gib'], '{:.2f} GiB')}; "
+        f"{_common.fmt(row['planned_temp_gib'], '{:.2f} GiB')}, "
+        f"total {_common.fmt(row['planned_total_gib'], '{:.2f} GiB')}; "
         f"allocator peak {_common.fmt(row['peak_gib'], '{:.2f} GiB')}")
   _common.emit(info, row, args.json)
   _common.profile(one_step, args.profile)

@@ -159,12 +159,18 @@ def forward(params: Params, token_ids, *, config, num_steps=None, initial_state:
   return ForwardOutput(logits=logits, latents=latents)
 
 
-def cross_entropy(logits: Array, labels: Array) -> Array:
-  """Mean cross-entropy over labels != -100 (float32)."""
+def _nll_sum(logits: Array, labels: Array) -> tuple[Array, Array]:
+  """(summed negative log-likelihood, count) over labels != -100, in float32."""
   valid = labels != IGNORE_INDEX
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  """Mean cross-entropy over labels != -100 (float32)."""
+  nll, count = _nll_sum(logits, labels)
+  return nll / jnp.maximum(count, 1)
 
 
 def chunked_cross_entropy(model: Huginn, x: Array, labels: Array, chunk: int) -> Array:
@@ -180,12 +186,7 @@ def chunked_cross_entropy(model: Huginn, x: Array, labels: Array, chunk: int) ->
   xs = jnp.moveaxis(x.reshape(batch, n_chunks, chunk, -1), 1, 0)
   ys = jnp.moveaxis(labels.reshape(batch, n_chunks, chunk), 1, 0)
 
-  @jax.checkpoint
-  def one(x_chunk, y_chunk):
-    valid = y_chunk != IGNORE_INDEX
-    logp = jax.nn.log_softmax(model.logits(x_chunk), axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, y_chunk, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
+  one = jax.checkpoint(lambda x_chunk, y_chunk: _nll_sum(model.logits(x_chunk), y_chunk))
 
   def body(total, xy):
     nll, count = one(*xy)

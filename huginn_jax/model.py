@@ -151,11 +151,10 @@ def iterate(core: Core, s: Array, e: Array, positions: Array, mask: Array | None
   # Weights are cast to the compute dtype once, here, not in every iteration (XLA does not hoist the casts out of a
   # differentiated loop: a pass over all core weights per iteration, forward and remat); gradients still reach the
   # original weights and add up across iterations in their dtype (float32).
-  needs_cast = lambda w: _needs_cast(w, s.dtype)  # noqa: E731
   cast = jax.lax.stop_gradient(cast_weights(state, s.dtype))
 
   def step(state, s):
-    used = jax.tree.map(lambda w, c: _precast(w.dtype.name, w, c) if needs_cast(w) else w, state, cast)
+    used = jax.tree.map(lambda w, c: _precast(w.dtype.name, w, c) if c.dtype != w.dtype else w, state, cast)
     return nnx.merge(graphdef, used)(s, e, positions, mask)
 
   if remat_policy not in REMAT_POLICIES:

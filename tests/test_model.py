@@ -10,15 +10,18 @@ from huginn_jax.training import step as step_lib
 from jaxpr_walk import casts_in_loops, eqns
 
 
+def _grad(config, **kwargs):
+  """The gradient function of a 3 + 2 iteration training loss on 12 random tokens."""
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (1, 12)), jnp.int32)
+  return jax.grad(lambda p: step_lib.depth_loss(p, tokens, tokens, jnp.int32(3), jnp.int32(2),
+                                                jax.random.split(jax.random.key(1), 1), model_config=config,
+                                                max_grad_steps=3, **kwargs))
+
+
 @pytest.fixture(scope="module")
 def mixed():
   config = hj.get_config("tiny", param_dtype="float32", compute_dtype="bfloat16")
-  params = hj.init(config, jax.random.key(0))
-  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (1, 12)), jnp.int32)
-  grad = jax.grad(lambda p: step_lib.depth_loss(p, tokens, tokens, jnp.int32(3), jnp.int32(2),
-                                                jax.random.split(jax.random.key(1), 1), model_config=config,
-                                                max_grad_steps=3, remat_policy="nothing_saveable"))
-  return config, params, grad
+  return config, hj.init(config, jax.random.key(0)), _grad(config, remat_policy="nothing_saveable")
 
 
 def test_core_weights_are_not_cast_inside_the_loop(mixed):
@@ -37,10 +40,6 @@ def test_weight_gradients_add_up_in_float32(mixed):
   weight_sums = [v.aval for eqn in loops for v in eqn.outvars if tuple(v.aval.shape) in core_shapes]
   assert weight_sums and all(a.dtype == jnp.float32 for a in weight_sums), weight_sums
   # and the gradient is that of the bf16 model: close to the float32 one
-  f32 = hj.get_config("tiny", param_dtype="float32", compute_dtype="float32")
-  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (1, 12)), jnp.int32)
-  exact = jax.grad(lambda p: step_lib.depth_loss(p, tokens, tokens, jnp.int32(3), jnp.int32(2),
-                                                 jax.random.split(jax.random.key(1), 1), model_config=f32,
-                                                 max_grad_steps=3))(params)
+  exact = _grad(hj.get_config("tiny", param_dtype="float32", compute_dtype="float32"))(params)
   a, b = grads["core"]["adapter"], exact["core"]["adapter"]
   assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.1

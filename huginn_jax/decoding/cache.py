@@ -1,8 +1,8 @@
 """The KV cache of Huginn decoding: a preallocated pytree with static shapes and one slot per cached layer.
 
 The original keeps a dict of KV entries per (layer, recurrence step) and per token. Here every entry lives in
-``k_store``/``v_store`` arrays shaped [slots, B, T, H, D]; ``depth`` [B, T] records how many core iterations were computed
-for the token at each position, which is all that is needed to know which core slots hold an entry for it.
+``k_store``/``v_store`` arrays shaped [slots, B, T, H, D]; ``depth`` [B, T] records how many core iterations were
+computed for the token at each position, which is all that is needed to know which core slots hold an entry for it.
 
 Slots, with p prelude, c core and q coda layers and r recurrence steps (core layer j of step s has the flat index
 f = c*s + j):
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -142,19 +143,16 @@ def _positions(start: Array, length: int, gate: Array, max_len: int) -> Array:
 
 def read_slot(cache: KVCache, slot) -> tuple[Array, Array]:
   """Keys and values [B, T, H, D] of one slot (a Python int or a traced int32)."""
-  take = lambda arr: _from_storage(jax.lax.dynamic_index_in_dim(arr, slot, 0, keepdims=False), cache.dtype)  # noqa: E731
+  def take(arr):
+    return _from_storage(jax.lax.dynamic_index_in_dim(arr, slot, 0, keepdims=False), cache.dtype)
   return take(cache.k_store), take(cache.v_store)
 
 
 def write_kv(cache: KVCache, slot, start: Array, k: Array, v: Array, gate: Array) -> KVCache:
-  """Stores k, v [B, C, H, D] of one layer in ``slot`` at positions start[b] .. start[b] + C - 1 (rows with gate).
-
-  The per-row scatter touches only the slot being written, which then goes back with an in-place
-  dynamic-update-slice: a scatter into the whole [slots, ...] array is not done in place by every backend."""
+  """Stores k, v [B, C, H, D] of one layer in ``slot`` at positions start[b] .. start[b] + C - 1 (rows with gate)."""
   batch, length = k.shape[:2]
   pos = _positions(start, length, gate, cache.depth.shape[1])
   rows = jnp.arange(batch)[:, None]
-
   put = lambda arr, new: arr.at[slot, rows, pos].set(_to_storage(new, cache.dtype), mode="drop")  # noqa: E731
   return cache.replace(k_store=put(cache.k_store, k), v_store=put(cache.v_store, v))
 

@@ -39,6 +39,14 @@ def _pow2_at_least(n: int) -> int:
   return 1 << max(0, n - 1).bit_length()
 
 
+def _right_padded(rows: Sequence[Sequence[int]], n_rows: int, width: int) -> np.ndarray:
+  """int32 [n_rows, width]: each row of ids at the start of its line, zeros after (and in lines past the rows)."""
+  batch = np.zeros((n_rows, width), np.int32)
+  for b, r in enumerate(rows):
+    batch[b, :len(r)] = r
+  return batch
+
+
 class HuginnLM(_Base):
   """lm-eval model over Huginn params at a fixed number of recurrent iterations."""
 
@@ -72,10 +80,7 @@ class HuginnLM(_Base):
       chunk = rows[start:start + self.batch_size]
       width = -(-max(len(r) for r in chunk) // self.pad_multiple) * self.pad_multiple
       width = min(width, self.max_length)
-      batch = np.zeros((self.batch_size, width), np.int32)
-      for b, r in enumerate(chunk):
-        batch[b, :len(r)] = r
-      logits = self._forward(self.params, jnp.asarray(batch)).logits
+      logits = self._forward(self.params, jnp.asarray(_right_padded(chunk, self.batch_size, width))).logits
       logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
       for b, r in enumerate(chunk):
         n = len(r)
@@ -91,14 +96,19 @@ class HuginnLM(_Base):
       starts = tqdm(starts, desc=f"huginn r={self.num_steps}")
     return starts
 
+  def _context_ids(self, context: str) -> list[int]:
+    """``prefix_ids`` + the context's ids; an error when there is nothing to condition the first token on."""
+    ids = self.prefix_ids + _ids(self.tokenizer, context)
+    if not ids:
+      raise ValueError("An empty context needs prefix_ids (e.g. the BOS id) to condition the first token.")
+    return ids
+
   def _pair_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
     # Trailing spaces of the context belong to the continuation (lm-eval's convention).
     stripped = context.rstrip(" ")
     continuation = context[len(stripped):] + continuation
-    ctx = self.prefix_ids + _ids(self.tokenizer, stripped)
+    ctx = self._context_ids(stripped)
     cont = _ids(self.tokenizer, continuation)
-    if not ctx:
-      raise ValueError("An empty context needs prefix_ids (e.g. the BOS id) to condition the first token.")
     if not cont:
       raise ValueError(f"The continuation {continuation!r} encodes to no tokens.")
     whole = (ctx + cont)[-self.max_length:]  # left-truncate long contexts
@@ -153,9 +163,7 @@ class HuginnLM(_Base):
       if not 0 < max_new < self.max_length:
         raise ValueError(f"max_gen_toks={max_new} leaves no room for the context in max_length={self.max_length}; "
                          "ask for fewer new tokens or raise max_length.")
-      ids = (self.prefix_ids + _ids(self.tokenizer, context))[-(self.max_length - max_new):]
-      if not ids:
-        raise ValueError("An empty context needs prefix_ids (e.g. the BOS id) to condition the first token.")
+      ids = self._context_ids(context)[-(self.max_length - max_new):]
       prompts.append(ids)
       room = min(self.max_length, self.config.max_seq_len) - max_new  # the padded width must still fit
       width = max(min(_pow2_at_least(len(ids)), room), len(ids))
@@ -170,9 +178,7 @@ class HuginnLM(_Base):
     for (max_new, temperature, width), rows in batches:
       filled = rows + rows[:1] * (min(_pow2_at_least(len(rows)), size) - len(rows))
       lengths = np.array([len(prompts[i]) for i in filled], np.int32)
-      batch = np.zeros((len(filled), width), np.int32)
-      for b, i in enumerate(filled):
-        batch[b, :lengths[b]] = prompts[i]
+      batch = _right_padded([prompts[i] for i in filled], len(filled), width)
       out = hj.generate(self.params, batch, prompt_lengths=lengths, config=self.config, max_new_tokens=max_new,
                         num_steps=self.num_steps, init_scale=0.0, temperature=temperature, key=jax.random.key(0),
                         stop_ids=self.stop_ids)
