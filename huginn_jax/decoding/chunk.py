@@ -12,7 +12,7 @@ decoded as if it were alone in the batch), and the loop ends when every row has 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,13 +65,14 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
               *, num_steps, active: Array, valid: Array | None = None, last: Array | None = None,
               init_state: Array | None = None, key: Array | None = None, init_scale: float = 0.0,
               criterion: ExitCriterion | None = None, threshold: Array | None = None,
-              all_logits: bool = False) -> ChunkOutput:
+              all_logits: bool = False, embed_mix: Callable[[Array], Array] | None = None) -> ChunkOutput:
   """Runs tokens [B, C] at positions start[b] + (0..C-1) through the model, reading and filling the cache.
 
   ``active`` [B]: rows to compute (others write nothing and report 0 steps). ``valid`` [B, C]: real tokens (the
   rest is right padding, ignored by latent criteria). ``last`` [B]: the position in the chunk whose logits are
   returned and tested by logit criteria (default C - 1). ``init_state``: the initial core state, broadcast to
-  [B, C, d]; default a fresh one from ``key`` and ``init_scale`` (zeros at scale 0).
+  [B, C, d]; default a fresh one from ``key`` and ``init_scale`` (zeros at scale 0). ``embed_mix``: applied to the
+  prelude's output before it is injected into the core (the diffusion-style sampler's moving average of embeddings).
   """
   batch, length = tokens.shape
   positions = start[:, None] + jnp.arange(length, dtype=jnp.int32)[None]
@@ -83,7 +84,7 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
   x = model.embed(tokens)
   for i, block in enumerate(model.prelude):
     x, cache = _cached_block(block, x, positions, cache, layout.prelude_slot(i), start, active, causal)
-  e = x
+  e = x if embed_mix is None else embed_mix(x)
   if init_state is None:
     s0 = model.initial_state(e, key, init_scale)
   else:
