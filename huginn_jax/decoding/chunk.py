@@ -90,13 +90,15 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
   else:
     s0 = jnp.broadcast_to(init_state.astype(e.dtype), e.shape)
 
+  seen = start + length  # positions in the cache once this chunk is written (the lookup rules look at them all)
+
   def core_step(step, s, cache, running):
     cache = cache_lib.set_depth(cache, start, length, step + 1, running)
     h = model.core.inject(s, e)
     for j, block in enumerate(model.core.layers):
       slot = layout.core_slot(step, j)
-      mask = causal & cache_lib.core_visible(layout, cache.depth, slot)[:, None, :]
-      read = lambda c, j=j: cache_lib.read_core_kv(c, layout, step, j)  # noqa: E731
+      mask = causal & cache_lib.core_visible(layout, cache.depth, slot, seen)[:, None, :]
+      read = lambda c, j=j: cache_lib.read_core_kv(c, layout, step, j, seen)  # noqa: E731
       h, cache = _cached_block(block, h, positions, cache, slot, start, running, mask, read)
     return jnp.where(running[:, None, None], h, s), cache
 

@@ -109,8 +109,7 @@ class _Row(NamedTuple):
   prev2: Array  # [B, S, d] the round before's final states (latent-acceleration-2)
   prev2_len: Array
   old_old_ci: Array
-  k: Array  # frozen length set by the last freeze (latent strategies), the stop test looks at [old_k, k)
-  old_k: Array
+  k: Array  # frozen length set by the last freeze (latent strategies); the stop test looks at [last round's k, k)
   passes: Array
   forwarded: Array
   clears: Array
@@ -187,7 +186,7 @@ def _diffusion_impl(params, prompt: Array, lengths: Array, key: Array | None, ar
       counter=counter, stable=jnp.zeros((batch, seq_len), jnp.int32),
       old_embeds=jnp.zeros((batch, lanes, d), dtype), old_len=lc, old_ci=zeros_i,
       prev=states, prev_len=w, prev_delta=jnp.zeros_like(states), prev_delta_len=w, prev2=jnp.zeros_like(states),
-      prev2_len=w, old_old_ci=zeros_i, k=zeros_i, old_k=zeros_i, passes=passes, forwarded=forwarded,
+      prev2_len=w, old_old_ci=zeros_i, k=zeros_i, passes=passes, forwarded=forwarded,
       clears=zeros_i, waves=zeros_i)
   state = state._replace(done=~_keeps_going(state, lengths, spec))
 
@@ -347,7 +346,7 @@ def _round(model, st: _Row, cache, prompt_lengths, key, args: DiffusionArgs, spe
       done=done, step=st.step + 1, seq=seq, lc=lc, f=new_f, ci=new_ci, w=length, states=states, counter=counter,
       stable=stable, old_embeds=mixed[0] if mixed else st.old_embeds, old_len=w, old_ci=ci, prev=states,
       prev_len=length, prev_delta=prev_delta, prev_delta_len=prev_delta_len, prev2=prev2, prev2_len=prev2_len,
-      old_old_ci=old_old_ci, k=k, old_k=k, passes=passes, forwarded=forwarded, clears=st.clears + clears,
+      old_old_ci=old_old_ci, k=k, passes=passes, forwarded=forwarded, clears=st.clears + clears,
       waves=waves)
   new = new._replace(done=~_keeps_going(new, prompt_lengths, spec))
   return new, out.cache

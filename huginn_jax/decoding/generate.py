@@ -227,7 +227,8 @@ def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int 
              temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, dry_multiplier: float | None = None, dry_base: float = 1.75,
-             dry_allowed_length: int = 2, dry_lookback: int = 128, dry_max_match: int = 32, stop_ids: Sequence[int] = STOP_IDS, pad_id: int = PAD_ID,
+             dry_allowed_length: int = 2, dry_lookback: int = 128, dry_max_match: int = 32,
+             stop_ids: Sequence[int] = STOP_IDS, pad_id: int = PAD_ID,
              prompt_lengths: Any = None, stream: Callable | None = None, cache_dtype: Any = None,
              _run: Callable | None = None) -> GenerationOutput:
   """Decodes ``max_new_tokens`` tokens after each prompt with Huginn, in one jitted program.

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -79,3 +80,33 @@ def test_bad_settings_are_refused(tiny_model, golden, kwargs, match):
   kwargs = dict(dict(init_scale=0.0, cache="latest-m4", max_new_tokens=4), **kwargs)
   with pytest.raises(ValueError, match=match):
     hj.generate_diffusion(params, golden["tokens"][:1, :PROMPT], config=config, **kwargs)
+
+
+def test_sampled_run_with_guesses_and_noise_is_keyed(tiny_model, golden):
+  """Sampling, random initial states, noise mixing and random guesses for headway > 1 all follow the key; the
+  default cache (latest-m4-compress-s4) and DRY run in the same program."""
+  config, params = tiny_model
+  kw = dict(config=config, max_new_tokens=6, num_steps=4, init_scale=1.0, temperature=1.0, top_k=20, headway=2,
+            max_wavefront=8, dry_multiplier=0.8, freeze_strategy="fixed", max_diffusion_steps=64)
+  prompt = golden["tokens"][:, :PROMPT]
+  a, b, c = (hj.generate_diffusion(params, prompt, key=jax.random.key(k), **kw) for k in (0, 0, 1))
+  np.testing.assert_array_equal(np.asarray(a.sequences), np.asarray(b.sequences))
+  assert not np.array_equal(np.asarray(a.sequences), np.asarray(c.sequences))
+  for out in (a, c):
+    lengths = np.asarray(out.lengths)
+    assert (lengths >= PROMPT + 6).all()
+    for row, n in zip(np.asarray(out.sequences), lengths):
+      assert ((row[:n] >= 0) & (row[:n] < config.vocab_size)).all() and (row[n:] == hj.decoding.PAD_ID).all()
+
+
+@pytest.mark.parametrize("strategy", ["token-stability", "latent-acceleration-1", "latent-acceleration-2"])
+def test_other_freeze_strategies_decode(tiny_model, golden, strategy):
+  """The remaining freeze rules run batched: every row freezes past its prompt (which they keep, having a prefill)
+  and the counters agree with the rounds run."""
+  out = _diffusion(tiny_model, golden["tokens"][:, :PROMPT], freeze_strategy=strategy, max_new_tokens=6,
+                   max_wavefront=8, max_diffusion_steps=200)
+  rounds = np.asarray(out.rounds)
+  assert (rounds >= 1).all() and (rounds <= 201).all()
+  np.testing.assert_array_equal(np.asarray(out.core_forward_passes), 1 + 4 * rounds)
+  for row, n, prompt in zip(np.asarray(out.sequences), np.asarray(out.lengths), golden["tokens"][:, :PROMPT]):
+    assert n > PROMPT and (row[:PROMPT] == prompt).all() and (row[n:] == hj.decoding.PAD_ID).all()
