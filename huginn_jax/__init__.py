@@ -17,6 +17,6 @@ from huginn_jax.decoding import GenerationOutput, generate  # noqa: E402
 
 __all__ += ["GenerationOutput", "generate"]
 
-from huginn_jax.decoding.diffusion import DiffusionOutput, generate_diffusion  # noqa: E402
+from huginn_jax.decoding import DiffusionOutput, generate_diffusion  # noqa: E402
 
 __all__ += ["DiffusionOutput", "generate_diffusion"]
