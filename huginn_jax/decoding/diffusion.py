@@ -137,7 +137,7 @@ def _diffusion_impl(params, prompt: Array, lengths: Array, key: Array | None, ar
   model = model_from_params(cast_weights(params, config.compute_dtype), config)
   batch, width = prompt.shape
   d, dtype = config.d_model, jnp.dtype(config.compute_dtype)
-  lanes, headway, inner = spec.lanes, spec.headway, spec.inner
+  lanes, headway = spec.lanes, spec.headway
   slots = lanes + headway  # states after the new positions are appended
   seq_len = spec.seq_len
   key = jax.random.key(0) if key is None else key
