@@ -12,7 +12,7 @@ continuation token by token through the KV cache instead (``huginn_jax.decoding.
 The core iterations spent on each scored or generated token are tallied per task (``mean_iterations``).
 
 The harness builds the adapter from ``--model_args`` through ``create_from_arg_string`` (see ``from_pretrained``);
-``huginn_jax.evaluation.harness`` registers it as ``huginn-jax`` (alias ``huginn``).
+``huginn_jax.evaluation.lm_eval_main`` registers it as ``huginn-jax`` (alias ``huginn``).
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ def _right_padded(rows: Sequence[Sequence[int]], n_rows: int, width: int) -> np.
   return batch
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_forward(config, num_steps: int):
+  """One compiled scorer per (config, iterations), shared by adapters (e.g. one per r in a sweep)."""
+  import jax
+  import huginn_jax as hj
+  return jax.jit(functools.partial(hj.forward, config=config, num_steps=num_steps, init_scale=0.0))
+
+
 def _batch_size_arg(value, default: int) -> int:
   """The harness's --batch_size: an int, or "auto"/"auto:N" (no memory probing here: the default is used)."""
   if value is None or (isinstance(value, str) and value.startswith("auto")):
@@ -76,8 +84,7 @@ class HuginnLM(_Base):
                exit_criterion: str | None = None, exit_threshold: float | None = None, cache: str = "full",
                tokenizer_name: str = "huginn"):
     super().__init__()
-    import jax
-    import huginn_jax as hj
+    from huginn_jax import config as config_lib
     from huginn_jax.decoding.cache import cache_layout
     from huginn_jax.decoding.exit_criteria import get_criterion
     self.params, self.config, self.tokenizer = params, config, tokenizer
@@ -98,7 +105,7 @@ class HuginnLM(_Base):
     self.exit_criterion, self.exit_threshold, self.cache = exit_criterion, exit_threshold, cache
     self._tokenizer_name = tokenizer_name
     self.iterations: dict[str, list[int]] = {}  # task -> [core iterations summed over tokens, tokens]
-    self._forward = jax.jit(functools.partial(hj.forward, config=config, num_steps=self.num_steps, init_scale=0.0))
+    self._forward = _jitted_forward(config_lib.frozen(config), self.num_steps)
 
   # --- construction from the harness's --model_args ---------------------------------------------------------
   @classmethod
@@ -217,7 +224,7 @@ class HuginnLM(_Base):
       if len(chunk) > 1 and longest_ctx + longest_cont > limit:  # rows fit alone, not padded together
         out.extend(self._adaptive_logprobs_rows(chunk))
         continue
-      n = max(min(_pow2_at_least(longest_cont), limit - longest_ctx), longest_cont)
+      n = max(min(_pow2_at_least(max(longest_cont, 4)), limit - longest_ctx), longest_cont)  # >= 4: few shapes
       width = max(min(-(-longest_ctx // self.pad_multiple) * self.pad_multiple, limit - n), longest_ctx)
       filled = chunk + chunk[:1] * (self.batch_size - len(chunk))
       scores = score_continuations(
