@@ -182,3 +182,21 @@ def test_model_args_errors_are_named(tiny_checkpoint):
                                        {"batch_size": "auto", "max_batch_size": 2, "device": None})
   assert (lm.num_steps, lm.batch_size, lm.cache, lm.prefix_ids) == (3, 2, "latest-m4", [250])
   assert lm.stop_ids == (250, 251, 254)
+
+
+def test_registration_keeps_the_harness_models_and_the_default_model():
+  from lm_eval.api.registry import get_model, model_registry
+  from huginn_jax.evaluation import lm_eval_main
+  lm_eval_main.register()
+  lm_eval_main.register()  # idempotent
+  assert get_model("huginn-jax") is HuginnLM and get_model("huginn") is HuginnLM
+  assert "hf" in model_registry.keys()  # the built-in models are still there
+  assert lm_eval_main._with_default_model(["--tasks", "x"]) == ["run", "--model", "huginn-jax", "--tasks", "x"]
+  assert lm_eval_main._with_default_model(["run", "--model", "hf"]) == ["run", "--model", "hf"]
+  assert lm_eval_main._with_default_model(["ls", "tasks"]) == ["ls", "tasks"]
+
+
+def test_the_command_names_a_missing_checkpoint(offline, tmp_path, capsys):
+  code = cli.main(["lm-eval", "--model_args", f"pretrained={tmp_path / 'nowhere'}", "--tasks", "toy_choice",
+                   "--include_path", TASKS])
+  assert code == 2 and "huginn-jax lm-eval: error:" in capsys.readouterr().err
