@@ -6,8 +6,9 @@ continuation) for the log-likelihood methods, (text,) for the rolling one, (cont
 
 Scoring runs ``hj.forward`` at ``num_steps`` iterations from a zero initial state (deterministic); rows are right
 padded to a multiple of ``pad_multiple`` and batches filled to ``batch_size`` so few shapes get compiled. With an
-``exit_criterion`` (adaptive compute) every token exits the recurrence on its own, so scoring decodes the
-continuation token by token through the KV cache instead (``huginn_jax.decoding.score``). Generation runs
+``exit_criterion`` (adaptive compute) every token exits the recurrence on its own, and with a shared KV ``cache``
+(not "full") tokens attend to each other's iteration-shared keys, so scoring then decodes the continuation token by
+token through the KV cache instead (``huginn_jax.decoding.score``). Generation runs
 ``hj.generate`` on up to ``generate_batch_size`` requests at once, grouped by their settings and prompt width.
 The core iterations spent on each scored or generated token are tallied per task (``mean_iterations``).
 
@@ -103,6 +104,8 @@ class HuginnLM(_Base):
       get_criterion(exit_criterion)  # a clear error for an unknown name, before any request runs
     cache_layout(cache, config, self.num_steps)  # likewise for the cache strategy
     self.exit_criterion, self.exit_threshold, self.cache = exit_criterion, exit_threshold, cache
+    # An exit rule or a shared KV cache changes what each token computes: score as generation decodes.
+    self.token_by_token = exit_criterion is not None or cache != "full"
     self._tokenizer_name = tokenizer_name
     self.iterations: dict[str, list[int]] = {}  # task -> [core iterations summed over tokens, tokens]
     self._forward = _jitted_forward(config_lib.frozen(config), self.num_steps)
@@ -212,7 +215,7 @@ class HuginnLM(_Base):
         out.append((np.take_along_axis(lp, target[:, None], axis=-1)[:, 0], lp.argmax(-1) == target))
     return out
 
-  def _adaptive_logprobs(self, pairs: list[tuple[list[int], list[int]]]):
+  def _sequential_logprobs(self, pairs: list[tuple[list[int], list[int]]]):
     """Per (context ids, continuation ids): (log-probs [k], greedy flags [k], iterations [k]) of the continuation,
     decoded token by token with the exit criterion. Batches of ``batch_size``, widths rounded up to few shapes."""
     from huginn_jax.decoding.score import score_continuations
@@ -222,7 +225,7 @@ class HuginnLM(_Base):
       chunk = pairs[start:start + self.batch_size]
       longest_ctx, longest_cont = max(len(c) for c, _ in chunk), max(len(t) for _, t in chunk)
       if len(chunk) > 1 and longest_ctx + longest_cont > limit:  # rows fit alone, not padded together
-        out.extend(self._adaptive_logprobs_rows(chunk))
+        out.extend(self._sequential_logprobs_rows(chunk))
         continue
       n = max(min(_pow2_at_least(max(longest_cont, 4)), limit - longest_ctx), longest_cont)  # >= 4: few shapes
       width = max(min(-(-longest_ctx // self.pad_multiple) * self.pad_multiple, limit - n), longest_ctx)
@@ -236,10 +239,10 @@ class HuginnLM(_Base):
       out.extend((lp[b, :len(t)], greedy[b, :len(t)], steps[b, :len(t)]) for b, (_, t) in enumerate(chunk))
     return out
 
-  def _adaptive_logprobs_rows(self, pairs):
+  def _sequential_logprobs_rows(self, pairs):
     size, self.batch_size = self.batch_size, 1
     try:
-      return [self._adaptive_logprobs([pair])[0] for pair in pairs]
+      return [self._sequential_logprobs([pair])[0] for pair in pairs]
     finally:
       self.batch_size = size
 
@@ -278,8 +281,8 @@ class HuginnLM(_Base):
     """(sum of log p(continuation | context), whether every continuation token is the greedy argmax)."""
     pairs = [self._pair_ids(*req.args) for req in requests]
     results = []
-    if self.exit_criterion is not None:
-      scored = self._adaptive_logprobs([(whole[:-len(cont)], cont) for whole, cont in pairs])
+    if self.token_by_token:
+      scored = self._sequential_logprobs([(whole[:-len(cont)], cont) for whole, cont in pairs])
       for req, (lp, greedy, steps) in zip(requests, scored):
         self._tally(req, steps)
         results.append((float(lp.sum()), bool(greedy.all())))
@@ -304,8 +307,8 @@ class HuginnLM(_Base):
         owners.append(i)
         start += self.max_length - 1
     totals = [0.0] * len(requests)
-    if self.exit_criterion is not None:
-      scored = self._adaptive_logprobs([(row[:1], row[1:]) for row in rows])
+    if self.token_by_token:
+      scored = self._sequential_logprobs([(row[:1], row[1:]) for row in rows])
     else:
       scored = [(lp, greedy, np.full(len(lp), self.num_steps)) for lp, greedy in self._token_logprobs(rows)]
     for owner, (lp, _, steps) in zip(owners, scored):
