@@ -108,7 +108,8 @@ def main(argv=None) -> dict:
   if (args.tasks is None) == (args.jsonl is None):
     parser.error("give exactly one of --tasks (lm-eval) or --jsonl (local multiple-choice file).")
   if args.jsonl and (extra or args.exit_criterion):
-    parser.error(f"--jsonl scores with fixed iterations and takes no lm_eval arguments; got {extra or '--exit-criterion'}.")
+    given = extra or ["--exit-criterion"]
+    parser.error(f"--jsonl scores at fixed iterations and takes no lm_eval arguments; got {given}.")
   if args.tasks and args.prefix_ids:
     parser.error("--prefix-ids is for --jsonl; lm-eval tasks start every context with the tokenizer's BOS.")
   steps = [int(s) for s in args.steps.split(",") if s]
