@@ -4,5 +4,5 @@
 # iterations (table on stdout; results.json, scaling.png, adaptive.png in outputs/main). ~5 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh
+EXTRAS= source scripts/_venv.sh
 "$VENV/bin/python" experiments/test_time_scaling.py --out "${1:-outputs/main}"

@@ -30,29 +30,34 @@ def accuracy_by_steps(params, config, inputs: np.ndarray, labels: np.ndarray, st
   return out
 
 
-def kl_exit_steps(params, config, inputs: np.ndarray, *, max_steps: int, threshold: float = 1e-3) -> np.ndarray:
-  """Per position, the first iteration at which KL(previous || current) of the next-token distribution falls below
-  ``threshold`` (the original's ``kl`` exit rule, previous starting uniform); ``max_steps`` if it never does.
+def exit_steps_by_threshold(params, inputs: jax.Array, *, config, max_steps: int,
+                             thresholds: Sequence[float]) -> jax.Array:
+  """Per threshold and position, the first iteration at which KL(previous || current) of the next-token
+  distribution falls below the threshold (the original's ``kl`` exit rule, previous starting uniform);
+  ``max_steps`` if it never does. Traceable (jit / vmap it over models): int32 [len(thresholds), B, S].
 
-  Runs the recurrence once, decoding every position after every iteration: [B, S] int32.
+  Runs the recurrence once, decoding every position after every iteration.
   """
-  model_steps = jnp.arange(1, max_steps + 1)
+  limits = jnp.asarray(thresholds, jnp.float32)[:, None, None]
+  model = api.model_from_params(params, config)
+  e, s, positions, mask = api.prepare(model, inputs, None, None, None, None, 0.0)
 
-  @jax.jit
-  def run(params, inputs):
-    model = api.model_from_params(params, config)
-    e, s, positions, mask = api.prepare(model, inputs, None, None, None, None, 0.0)
+  def body(carry, step):
+    s, prev_logp, exited = carry
+    s = model.core(s, e, positions, mask)
+    logp = jax.nn.log_softmax(model.head(s, positions, mask)[1], axis=-1)
+    kl = kl_divergence(prev_logp, logp)
+    exited = jnp.where((exited == 0) & (kl < limits), step, exited)
+    return (s, logp, exited), None
 
-    def body(carry, step):
-      s, prev_logp, exited = carry
-      s = model.core(s, e, positions, mask)
-      logp = jax.nn.log_softmax(model.head(s, positions, mask)[1], axis=-1)
-      kl = kl_divergence(prev_logp, logp)
-      exited = jnp.where((exited == 0) & (kl < threshold), step, exited)
-      return (s, logp, exited), None
+  uniform = jnp.full(inputs.shape + (config.vocab_size,), -jnp.log(config.vocab_size), jnp.float32)
+  never = jnp.zeros((len(thresholds),) + inputs.shape, jnp.int32)
+  (_, _, exited), _ = jax.lax.scan(body, (s, uniform, never), jnp.arange(1, max_steps + 1))
+  return jnp.where(exited == 0, max_steps, exited)
 
-    uniform = jnp.full(inputs.shape + (config.vocab_size,), -jnp.log(config.vocab_size), jnp.float32)
-    (_, _, exited), _ = jax.lax.scan(body, (s, uniform, jnp.zeros(inputs.shape, jnp.int32)), model_steps)
-    return jnp.where(exited == 0, max_steps, exited)
 
-  return np.asarray(run(params, jnp.asarray(inputs, jnp.int32)))
+def kl_exit_steps(params, config, inputs: np.ndarray, *, max_steps: int, threshold: float = 1e-3) -> np.ndarray:
+  """``exit_steps_by_threshold`` for one threshold, as a NumPy array [B, S]."""
+  run = jax.jit(functools.partial(exit_steps_by_threshold, config=config, max_steps=max_steps,
+                                  thresholds=(threshold,)))
+  return np.asarray(run(params, jnp.asarray(inputs, jnp.int32)))[0]

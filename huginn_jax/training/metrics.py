@@ -92,8 +92,9 @@ def console_line(step: int, total: int, metrics: Mapping[str, Any]) -> str:
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-  """A tqdm bar over optimizer steps (a no-op object when disabled or tqdm is missing)."""
-  if enabled:
+  """A tqdm bar over optimizer steps on a terminal; a no-op object when disabled, when stderr is not a terminal
+  (a log file gets the periodic metric lines, not thousands of bar redraws) or when tqdm is missing."""
+  if enabled and sys.stderr.isatty():
     try:
       from tqdm.auto import tqdm
       return tqdm(total=total, initial=initial, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)

@@ -77,10 +77,12 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
       depth_loss, model_config=frozen, max_grad_steps=k0, remat_policy=train_config.remat_policy,
       init_scale=float(train_config.init_scale), constrain=constrain, loss_chunk=int(train_config.loss_chunk)))
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None = None) -> tuple[TrainState, dict]:
+    """``run_seed`` (traced int32) replaces ``train.seed`` for the depth draws and initial states: ``jax.vmap``
+    over it (and a leading axis of state and batch) trains several seeds in one program."""
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")
     labels = constrain(batch["labels"], BATCH_AXES, name="batch labels")
-    depth_key, state_key = step_keys(seed, state.step)
+    depth_key, state_key = step_keys(seed if run_seed is None else run_seed, state.step)
     n, k = sampler.sample_depth(depth_key, r, k0, sigma, train_config.depth_sampler)
     accum, micro = inputs.shape[:2]
     keys = row_keys(state_key, accum * micro).reshape(accum, micro)
