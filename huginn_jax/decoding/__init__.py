@@ -1,4 +1,6 @@
-"""Decoding: KV cache, jitted generation loop, exit criteria, sampling, speculative decoding, tokenizer and chat."""
+"""Decoding token ids: KV cache, jitted generation loop, exit criteria, sampling, speculative decoding.
+
+Text (tokenizer, chat format, the interactive commands) is ``huginn_jax.text``."""
 
 from huginn_jax.decoding.cache import STRATEGIES, cache_bytes, cache_layout, memory_table
 from huginn_jax.decoding.exit_criteria import CRITERIA

@@ -55,7 +55,7 @@ class HuginnLM(_Base):
                stop_ids: Sequence[int] | None = None, progress: bool = False, generate_batch_size: int = 16):
     super().__init__()
     import jax
-    import huginn_jax as hj
+    from huginn_jax.api import forward
     self.params, self.config, self.tokenizer = params, config, tokenizer
     self.num_steps = config.mean_recurrence if num_steps is None else int(num_steps)
     if batch_size < 1:
@@ -68,7 +68,7 @@ class HuginnLM(_Base):
     self.max_length = config.max_seq_len if max_length is None else max_length
     from huginn_jax.decoding.generate import STOP_IDS
     self.stop_ids = tuple(i for i in (STOP_IDS if stop_ids is None else stop_ids) if i < config.vocab_size)
-    self._forward = jax.jit(functools.partial(hj.forward, config=config, num_steps=self.num_steps, init_scale=0.0))
+    self._forward = jax.jit(functools.partial(forward, config=config, num_steps=self.num_steps, init_scale=0.0))
 
   # --- scoring -----------------------------------------------------------------------------------------------
   def _token_logprobs(self, rows: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -151,7 +151,7 @@ class HuginnLM(_Base):
     draws from one key per batch instead of one per request.
     """
     import jax
-    import huginn_jax as hj
+    from huginn_jax.decoding.generate import generate
     prompts, stops, groups = [], [], {}
     for i, req in enumerate(requests):
       context, gen_kwargs = req.args
@@ -179,7 +179,7 @@ class HuginnLM(_Base):
       filled = rows + rows[:1] * (min(_pow2_at_least(len(rows)), size) - len(rows))
       lengths = np.array([len(prompts[i]) for i in filled], np.int32)
       batch = _right_padded([prompts[i] for i in filled], len(filled), width)
-      out = hj.generate(self.params, batch, prompt_lengths=lengths, config=self.config, max_new_tokens=max_new,
+      out = generate(self.params, batch, prompt_lengths=lengths, config=self.config, max_new_tokens=max_new,
                         num_steps=self.num_steps, init_scale=0.0, temperature=temperature, key=jax.random.key(0),
                         stop_ids=self.stop_ids)
       tokens, counts = np.asarray(out.tokens), np.asarray(out.num_generated)

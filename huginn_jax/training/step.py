@@ -60,14 +60,15 @@ def depth_loss(params, inputs: jax.Array, labels: jax.Array, n: jax.Array, k: ja
   s0 = initial_latent(params, model_config, keys, inputs.shape[1], init_scale)
   if constrain is not None:
     s0 = constrain(s0, STATE_AXES, name="initial state")
-  return api.loss(params, inputs, labels, config=model_config, num_steps=(n, k), initial_state=s0,
+  return api.loss(params, inputs, labels, config=model_config, depth=(n, k), initial_state=s0,
                   max_grad_steps=max_grad_steps, remat_policy=remat_policy, loss_chunk=loss_chunk or None)
 
 
 def make_train_step(model_config, train_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, mesh: Mesh | None = None,
                     rules: Mapping[str, Any] | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """The step function of a run; pass ``mesh`` and ``rules`` to constrain activations to the batch sharding."""
+  """The step function of a run; pass ``mesh`` and ``rules`` to constrain the batch and, inside the model, every
+  activation by the logical-axis rules."""
   frozen = ml_collections.FrozenConfigDict(model_config)
   r, k0 = train_config_lib.depth(train_config, model_config)
   sigma, seed = float(train_config.sampler_sigma), int(train_config.seed)
@@ -78,6 +79,10 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
       init_scale=float(train_config.init_scale), constrain=constrain, loss_chunk=int(train_config.loss_chunk)))
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    with sharding_lib.activation_sharding(mesh, rules):  # the model constrains its activations by the same rules
+      return _train_step(state, batch)
+
+  def _train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")
     labels = constrain(batch["labels"], BATCH_AXES, name="batch labels")
     depth_key, state_key = step_keys(seed, state.step)
