@@ -187,7 +187,8 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Mapping[str, MeshAxes]] | None] = co
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh | None, rules: Mapping[str, MeshAxes]):
   """Within this block, code traced by the model constrains its activations on ``mesh`` by ``rules`` (no-op for
-  ``mesh=None``)."""
+  ``mesh=None``). Enter it inside the function being traced, as the train step does: JAX's trace caches do not
+  see it, so a function traced once outside the block keeps its unconstrained trace."""
   token = _ACTIVE.set(None if mesh is None else (mesh, rules))
   try:
     yield
