@@ -16,3 +16,7 @@ __all__ += ["export_hf", "load", "save"]
 from huginn_jax.decoding import GenerationOutput, generate  # noqa: E402
 
 __all__ += ["GenerationOutput", "generate"]
+
+from huginn_jax.decoding import DiffusionOutput, generate_diffusion  # noqa: E402
+
+__all__ += ["DiffusionOutput", "generate_diffusion"]

@@ -1,5 +1,5 @@
 """The ``huginn-jax`` command line: ``convert``, ``export``, ``forward``, ``generate``, ``chat``, ``train``,
-``prepare-data``."""
+``prepare-data``, ``lm-eval``."""
 
 from __future__ import annotations
 
@@ -138,10 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--rows-per-file", type=int, default=8192)
   p.add_argument("--overwrite", action="store_true")
   p.set_defaults(fn=_prepare_data)
+
+  sub.add_parser("lm-eval", add_help=False, help="lm-evaluation-harness's command line with --model huginn-jax: "
+                 "all of lm_eval's flags (--model_args pretrained=PATH,num_steps=32 --tasks ...); needs [eval]")
   return parser
 
 
+def _lm_eval(argv: list[str]) -> int:
+  """``huginn-jax lm-eval ...``: every argument goes to lm_eval's own parser (see evaluation/lm_eval_main.py)."""
+  from huginn_jax.evaluation import lm_eval_main
+  try:
+    return lm_eval_main.main(argv)
+  except (FileNotFoundError, ValueError, ImportError) as err:
+    print(f"huginn-jax lm-eval: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["lm-eval"]:  # its flags are lm_eval's, parsed there
+    return _lm_eval(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     args.fn(args)

@@ -5,18 +5,29 @@ The original keeps a dict of KV entries per (layer, recurrence step) and per tok
 computed for the token at each position, which is all that is needed to know which core slots hold an entry for it.
 
 Slots, with p prelude, c core and q coda layers and r recurrence steps (core layer j of step s has the flat index
-f = c*s + j):
+f = c*s + j): prelude i -> i, core f -> p + slot(f), coda i -> p + (core slots) + i, where slot(f) is
 
-- ``full``: prelude i -> i; core f -> p + f; coda i -> p + c*r + i. (p + c*r + q slots, 132 at r=32.)
-- ``compress-s{m}``: core f -> p + f mod m (m slots shared cyclically; m = c keeps one slot per core layer, so
-  later tokens read the final-step KV of earlier tokens).
-- ``compress-r{m}``: core f -> p + f // m (runs of m consecutive core layers share a slot).
-- ``latest-m4``: the ``full`` layout, but a token that exited early is read at its latest computed step of the
-  same core layer (the original hard-codes the 4-layer core in the name).
+- ``f`` without compression (c*r core slots, 132 in all at r=32);
+- ``f mod m`` for ``compress-s{m}`` (m slots shared cyclically; m = c keeps one slot per core layer, so later
+  tokens read the final-step KV of earlier tokens);
+- ``f // m`` for ``compress-r{m}`` (runs of m consecutive core layers share a slot);
+- ``f`` for the first 8 recurrences and ``8c + j`` after them for ``compress-anchor`` (later steps share the
+  slots of the ninth recurrence).
 
-A query attends to a cached position if it is causally visible and, for a core slot, that position's token wrote
-the slot (for ``full`` this means the token reached that step, the adaptive-compute rule of the original). With
-``compress-r{m}`` and early exits the original raises when a slot misses a token; here the token is skipped.
+The lookup rule says what a query reads for a cached token that did not write the slot (it exited early):
+
+- ``full`` and ``skip``: nothing, the token is masked out (the original's ``full`` stacks only the entries that
+  exist, and ``skip`` drops the missing ones).
+- ``latest-m4`` (and ``available-m4``, which picks the same entries): the token's latest written slot of the same
+  core layer at or before the query's slot (the original hard-codes the 4-layer core in the name: "same layer"
+  is a slot index congruent mod c).
+- ``always-last-m4``: if any cached token misses the slot, every token is read at its last written slot of the same
+  layer, even one later than the query's; otherwise each is read at the query's slot.
+
+A lookup rule and a compression combine as ``<rule>-compress-...`` (e.g. ``latest-m4-compress-s4``, the diffusion
+sampler's default). A query attends to a cached position if it is causally visible and the rule gives it an entry.
+Where the original raises (no entry of the same layer exists, or a compressed cache misses an entry without a lookup
+rule), here the token is masked out.
 """
 
 from __future__ import annotations
@@ -31,8 +42,13 @@ import numpy as np
 
 Array = jax.Array
 
-_STRATEGY = re.compile(r"^(full|latest-m4|compress-s(\d+)|compress-r(\d+))$")
-STRATEGIES = ("full", "latest-m4", "compress-s{m}", "compress-r{m}")
+_RULES = {"full": "full", "skip": "full", "latest-m4": "latest", "available-m4": "latest",
+          "always-last-m4": "always-last"}
+_STRATEGY = re.compile(r"^(?:(latest-m4|available-m4|always-last-m4|skip)-)?(compress-s(\d+)|compress-r(\d+)|"
+                       r"compress-anchor)$|^(full|latest-m4|available-m4|always-last-m4|skip)$")
+STRATEGIES = ("full", "skip", "latest-m4", "available-m4", "always-last-m4", "compress-s{m}", "compress-r{m}",
+              "compress-anchor", "{latest-m4|available-m4|always-last-m4|skip}-compress-{s{m}|r{m}|anchor}")
+ANCHORED_STEPS = 8  # compress-anchor keeps the first 8 recurrences' slots, as the original does
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +56,9 @@ class CacheLayout:
   """Static description of the slot mapping for a strategy, a model shape and a maximum recurrence."""
 
   strategy: str
-  kind: str  # "full" | "latest" | "compress-s" | "compress-r"
-  m: int  # the compression stage (0 unless compress-*)
+  lookup: str  # "full" (missing entries masked) | "latest" | "always-last"
+  compress: str  # "" | "s" | "r" | "anchor"
+  m: int  # the compression stage (0 unless compress-s/-r)
   n_prelude: int
   n_core: int
   n_coda: int
@@ -50,10 +67,12 @@ class CacheLayout:
   @property
   def core_slots(self) -> int:
     flat = self.n_core * self.num_steps
-    if self.kind == "compress-s":
+    if self.compress == "s":
       return min(self.m, flat)
-    if self.kind == "compress-r":
+    if self.compress == "r":
       return -(-flat // self.m)
+    if self.compress == "anchor":
+      return min(flat, (ANCHORED_STEPS + 1) * self.n_core)
     return flat
 
   @property
@@ -69,16 +88,25 @@ class CacheLayout:
   def core_slot(self, step, j: int):
     """Slot of core layer j at recurrence ``step`` (a Python int or a traced int32)."""
     flat = step * self.n_core + j
-    if self.kind == "compress-s":
+    if self.compress == "s":
       flat = flat % self.m
-    elif self.kind == "compress-r":
+    elif self.compress == "r":
       flat = flat // self.m
+    elif self.compress == "anchor":
+      anchor = ANCHORED_STEPS * self.n_core
+      shared = anchor + (flat - anchor) % self.n_core
+      flat = jnp.where(flat < anchor, flat, shared) if isinstance(flat, jax.Array) else (
+          flat if flat < anchor else shared)
     return self.n_prelude + flat
 
   def first_writer(self) -> np.ndarray:
     """For each core slot, the smallest flat core index that writes it: a token of depth n wrote it iff < c*n."""
     rel = np.arange(self.core_slots)
-    return rel * self.m if self.kind == "compress-r" else rel
+    return rel * self.m if self.compress == "r" else rel
+
+  def slots_written(self) -> np.ndarray:
+    """For depth n = 0..num_steps, how many core slots a token of that depth wrote (always the first ones)."""
+    return np.searchsorted(self.first_writer(), self.n_core * np.arange(self.num_steps + 1), side="left")
 
 
 def cache_layout(strategy: str, config, num_steps: int) -> CacheLayout:
@@ -86,14 +114,15 @@ def cache_layout(strategy: str, config, num_steps: int) -> CacheLayout:
   match = _STRATEGY.match(str(strategy))
   if match is None:
     raise ValueError(f"Unknown cache strategy {strategy!r}; choose one of {', '.join(STRATEGIES)} "
-                     "(e.g. 'compress-s4').")
-  name, s_m, r_m = match.groups()
-  kind, m = ("compress-s", int(s_m)) if s_m else ("compress-r", int(r_m)) if r_m else (
-      "latest" if name == "latest-m4" else "full", 0)
-  if kind.startswith("compress") and m < 1:
+                     "(e.g. 'compress-s4' or 'latest-m4-compress-s4').")
+  rule, compression, s_m, r_m, alone = match.groups()
+  compress, m = ("s", int(s_m)) if s_m else ("r", int(r_m)) if r_m else ("anchor", 0) if compression else ("", 0)
+  if compress in ("s", "r") and m < 1:
     raise ValueError(f"cache strategy {strategy!r}: the compression stage must be >= 1.")
-  return CacheLayout(strategy=name, kind=kind, m=m, n_prelude=config.n_layers_prelude, n_core=config.n_layers_core,
-                     n_coda=config.n_layers_coda, num_steps=int(num_steps))
+  lookup = _RULES[alone or rule or "full"]
+  return CacheLayout(strategy=str(strategy), lookup=lookup, compress=compress, m=m,
+                     n_prelude=config.n_layers_prelude, n_core=config.n_layers_core, n_coda=config.n_layers_coda,
+                     num_steps=int(num_steps))
 
 
 @flax.struct.dataclass
@@ -165,24 +194,50 @@ def set_depth(cache: KVCache, start: Array, length: int, depth, gate: Array) -> 
   return cache.replace(depth=cache.depth.at[jnp.arange(batch)[:, None], pos].set(new, mode="drop"))
 
 
-def core_visible(layout: CacheLayout, depth: Array, slot) -> Array:
-  """[B, T] True where the token at that position wrote core ``slot`` (it ran enough iterations).
+def _written(layout: CacheLayout, depth: Array) -> Array:
+  """[B, T] how many core slots (the first ones) each cached token wrote."""
+  table = jnp.asarray(layout.slots_written(), jnp.int32)
+  return table[jnp.clip(depth, 0, layout.num_steps)]
 
-  Under ``latest-m4`` every token that ran at least one iteration is visible (it is read at its latest step).
+
+def _same_layer_at_most(layout: CacheLayout, rel, bound: Array) -> Array:
+  """The largest core slot <= bound congruent to ``rel`` mod c (the same core layer); negative if none."""
+  return bound - jnp.mod(bound - rel, layout.n_core)
+
+
+def lookup_slots(layout: CacheLayout, depth: Array, slot, seen: Array | None = None) -> tuple[Array, Array]:
+  """(core slot [B, T] each cached token is read at by a query of core ``slot``, whether it has one [B, T]).
+
+  ``seen`` [B]: positions in the cache (the always-last rule switches a row over when one of them misses the slot;
+  default every position with a depth).
   """
-  if layout.kind == "latest":
-    return depth > 0
-  first = jnp.asarray(layout.first_writer(), jnp.int32)[jnp.asarray(slot) - layout.n_prelude]
-  return first < depth * layout.n_core
+  rel = jnp.asarray(slot, jnp.int32) - layout.n_prelude
+  written = _written(layout, depth)
+  if layout.lookup == "full":
+    return jnp.broadcast_to(rel, depth.shape), rel < written
+  last = written - 1
+  if layout.lookup == "latest":
+    pick = _same_layer_at_most(layout, rel, jnp.minimum(rel, last))
+  else:  # always-last: a row where some seen token misses the slot reads every token at its last written one
+    positions = jnp.arange(depth.shape[1])[None]
+    seen_mask = depth > 0 if seen is None else positions < seen[:, None]
+    missing = jnp.any((rel >= written) & seen_mask, axis=1, keepdims=True)
+    pick = jnp.where(missing, _same_layer_at_most(layout, rel, last), rel)
+  return pick, pick >= 0
 
 
-def read_core_kv(cache: KVCache, layout: CacheLayout, step, j: int) -> tuple[Array, Array]:
+def core_visible(layout: CacheLayout, depth: Array, slot, seen: Array | None = None) -> Array:
+  """[B, T] True where the token at that position has an entry for core ``slot`` under the lookup rule."""
+  return lookup_slots(layout, depth, slot, seen)[1]
+
+
+def read_core_kv(cache: KVCache, layout: CacheLayout, step, j: int, seen: Array | None = None) -> tuple[Array, Array]:
   """Keys and values [B, T, H, D] that core layer j at ``step`` attends to."""
-  if layout.kind != "latest":
-    return read_slot(cache, layout.core_slot(step, j))
-  # latest-m4: each position is read at min(step, its last computed step), of the same core layer.
-  last = jnp.clip(jnp.minimum(step, cache.depth - 1), 0, None)  # [B, T]
-  idx = layout.core_slot(last, j)[None, :, :, None, None]
+  slot = layout.core_slot(step, j)
+  if layout.lookup == "full":
+    return read_slot(cache, slot)
+  pick, _ = lookup_slots(layout, cache.depth, slot, seen)
+  idx = (layout.n_prelude + jnp.maximum(pick, 0))[None, :, :, None, None]
   take = lambda arr: _from_storage(jnp.take_along_axis(arr, idx, axis=0)[0], cache.dtype)  # noqa: E731
   return take(cache.k_store), take(cache.v_store)
 
@@ -195,15 +250,16 @@ def cache_bytes(config, strategy: str, num_steps: int, batch: int, max_len: int,
 
 
 def memory_table(config, num_steps: int, batch: int = 1, max_len: int | None = None, dtype=None,
-                 strategies=("full", "latest-m4", "compress-s4", "compress-s8", "compress-r4", "compress-r8")) -> str:
+                 strategies=("full", "latest-m4", "compress-s4", "compress-s8", "compress-r4", "compress-r8",
+                             "compress-anchor")) -> str:
   """A printable table of KV slots, bytes per token and total cache size of each strategy."""
   max_len = config.max_seq_len if max_len is None else max_len
   lines = [f"KV cache of {config.name} at r={num_steps}, batch {batch}, {max_len} positions "
            f"({jnp.dtype(config.compute_dtype if dtype is None else dtype).name}):",
-           f"{'strategy':>12} {'slots':>6} {'MiB/token':>10} {'total GiB':>10}"]
+           f"{'strategy':>15} {'slots':>6} {'MiB/token':>10} {'total GiB':>10}"]
   for name in strategies:
     layout = cache_layout(name, config, num_steps)
     total = cache_bytes(config, name, num_steps, batch, max_len, dtype)
     per_token = total / (batch * max_len)
-    lines.append(f"{name:>12} {layout.n_slots:>6} {per_token / 2**20:>10.3f} {total / 2**30:>10.3f}")
+    lines.append(f"{name:>15} {layout.n_slots:>6} {per_token / 2**20:>10.3f} {total / 2**30:>10.3f}")
   return "\n".join(lines)

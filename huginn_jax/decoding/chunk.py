@@ -13,7 +13,7 @@ batch), and the loop ends when every row has exited.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +48,8 @@ class _Slot:
       keys, values = cache_lib.read_slot(cache, self.slot)
       mask = c.causal
     else:
-      keys, values = cache_lib.read_core_kv(cache, c.layout, *self.core)
-      mask = c.causal & cache_lib.core_visible(c.layout, cache.depth, self.slot)[:, None, :]
+      keys, values = cache_lib.read_core_kv(cache, c.layout, *self.core, c.seen)
+      mask = c.causal & cache_lib.core_visible(c.layout, cache.depth, self.slot, c.seen)[:, None, :]
     return cache, keys, values, mask[:, None]
 
 
@@ -61,6 +61,7 @@ class ChunkSlots:
   start: Array  # [B]
   length: int
   causal: Array  # [B, C, T] causal visibility of the cache positions
+  seen: Array  # [B] positions in the cache once this chunk is written (the lookup rules look at them all)
   gate: Array  # [B] rows that compute
 
   def prelude(self, i: int) -> _Slot:
@@ -131,13 +132,14 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
               *, num_steps: int, active: Array, valid: Array | None = None, last: Array | None = None,
               init_state: Array | None = None, key: Array | None = None, init_scale: float = 0.0,
               criterion: ExitCriterion | None = None, threshold: Array | None = None,
-              all_logits: bool = False) -> ChunkOutput:
+              all_logits: bool = False, embed_mix: Callable[[Array], Array] | None = None) -> ChunkOutput:
   """Runs tokens [B, C] at positions start[b] + (0..C-1) through the model, reading and filling the cache.
 
   ``active`` [B]: rows to compute (others write nothing and report 0 steps). ``valid`` [B, C]: real tokens (the
   rest is right padding, ignored by latent criteria). ``last`` [B]: the position in the chunk whose logits are
   returned and tested by logit criteria (default C - 1). ``init_state``: the initial core state, broadcast to
-  [B, C, d]; default a fresh one from ``key`` and ``init_scale`` (zeros at scale 0).
+  [B, C, d]; default a fresh one from ``key`` and ``init_scale`` (zeros at scale 0). ``embed_mix``: applied to the
+  prelude's output before it is injected into the core (the diffusion-style sampler's moving average of embeddings).
   """
   batch, length = tokens.shape
   positions = start[:, None] + jnp.arange(length, dtype=jnp.int32)[None]
@@ -145,9 +147,10 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
   causal = jnp.arange(max_len)[None, None, :] <= positions[:, :, None]  # [B, C, T]
   valid = jnp.ones((batch, length), bool) if valid is None else valid
   last = jnp.full((batch,), length - 1, jnp.int32) if last is None else last
-  slots = ChunkSlots(layout, start, length, causal, active)
+  slots = ChunkSlots(layout, start, length, causal, start + length, active)
 
   e, cache = model.run_prelude(tokens, positions, None, cache, slots)
+  e = e if embed_mix is None else embed_mix(e)
   if init_state is None:
     s0 = model.initial_state(e, key, init_scale)
   else:

@@ -171,9 +171,7 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
 
   cache = cache_lib.init_cache(spec.layout, config, batch, spec.max_len, spec.cache_dtype)
   valid = jnp.arange(prompt_len)[None] < lengths[:, None]
-  seen = None
-  if spec.sampling.repetition_penalty:
-    seen = sampling.mark_seen(jnp.zeros((batch, config.vocab_size), bool), prompt, valid)
+  seen = sampling.init_history(spec.sampling, prompt, valid, config.vocab_size, spec.max_len)  # None: no penalty
   everyone = jnp.ones((batch,), bool)
   out = run_chunk(model, spec.layout, cache, prompt, jnp.zeros((batch,), jnp.int32), num_steps=spec.num_steps,
                   active=everyone, valid=valid, last=lengths - 1, key=jax.random.fold_in(k_init, 0),
@@ -246,7 +244,9 @@ def generate(params: dict, prompt_ids: Array | Sequence[Sequence[int]], *, confi
              draft_steps: int | None = None, lookahead: int | None = None, verification_threshold: float = 1.0,
              temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-             repetition_penalty: float | None = None, stop_ids: Sequence[int] = STOP_IDS, pad_id: int = PAD_ID,
+             repetition_penalty: float | None = None, dry_multiplier: float | None = None, dry_base: float = 1.75,
+             dry_allowed_length: int = 2, dry_lookback: int = 128, dry_max_match: int = 32,
+             stop_ids: Sequence[int] = STOP_IDS, pad_id: int = PAD_ID,
              prompt_lengths: Any = None, stream: Callable | None = None, cache_dtype: Any = None,
              _run: Callable | None = None) -> GenerationOutput:
   """Decodes ``max_new_tokens`` tokens after each prompt with Huginn, in one jitted program.
@@ -260,7 +260,9 @@ def generate(params: dict, prompt_ids: Array | Sequence[Sequence[int]], *, confi
   (defaults 32 and 8 as in the original when only one is given); a draft token is accepted when it is the
   verifier's argmax, or with ``verification_threshold`` < 1 when its probability is at least that fraction of the
   top one (``steps`` then reports ``draft_steps`` for a draft accepted only that way). ``temperature`` 0 is greedy;
-  otherwise the repetition penalty, temperature, top-k, top-p and min-p filters apply in that order. A row ends
+  otherwise the repetition penalty (or DRY: ``dry_multiplier`` > 0 with ``dry_base``, ``dry_allowed_length``,
+  ``dry_lookback``, ``dry_max_match``; see ``decoding.sampling``), temperature, top-k, top-p and min-p filters apply
+  in that order. A row ends
   after a token in ``stop_ids``; the rest of it is ``pad_id``. Prompts: [B, S] right-padded with ``pad_id`` (or
   with ``prompt_lengths``), or a list of token lists. ``stream(new_tokens [B, K], num_new [B])`` is called on the
   host as tokens are produced.
@@ -294,7 +296,8 @@ def generate(params: dict, prompt_ids: Array | Sequence[Sequence[int]], *, confi
   if temperature and key is None:
     raise ValueError("sampling (temperature > 0) needs key=jax.random.key(...).")
   samp_spec, samp_params = sampling.make_sampling(config.vocab_size, temperature, top_k, top_p, min_p,
-                                                  repetition_penalty)
+                                                  repetition_penalty, dry_multiplier, dry_base, dry_allowed_length,
+                                                  dry_lookback, dry_max_match)
   layout_steps = max(num_steps, draft_steps or 0)
   spec = DecodeSpec(
       layout=cache_lib.cache_layout(cache, config, layout_steps), num_steps=int(num_steps),

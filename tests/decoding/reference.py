@@ -20,10 +20,13 @@ class DictCache:
     self.strategy, self.k, self.v, self.seen = strategy, {}, {}, 0
 
   def _remap(self, idx: int) -> int:
-    if idx > 1 and self.strategy.startswith("compress-s"):
-      return (idx - 2) % int(self.strategy[len("compress-s"):]) + 2
-    if idx > 1 and self.strategy.startswith("compress-r"):
-      return (idx - 2) // int(self.strategy[len("compress-r"):]) + 2
+    if idx > 1 and "compress-" in self.strategy:
+      stage = self.strategy.split("compress-")[1]
+      if stage.startswith("s"):
+        return (idx - 2) % int(stage[1:]) + 2
+      if stage == "anchor":
+        return idx if idx - 2 < 32 else 34 + (idx - 34) % 4
+      return (idx - 2) // int(stage[1:]) + 2
     return idx
 
   def update(self, k, v, idx: int):
@@ -37,13 +40,15 @@ class DictCache:
       self.k.setdefault(idx, {})[first + i] = k[i]
       self.v.setdefault(idx, {})[first + i] = v[i]
     present = sorted(self.k[idx])
-    if len(present) == self.seen or not self.strategy.startswith("latest-m4"):
+    rule = next((r for r in ("latest-m4", "available-m4", "always-last-m4") if self.strategy.startswith(r)), None)
+    if len(present) == self.seen or rule is None:
       picks = [(idx, p) for p in present]
-    else:  # latest-m4: each position at its latest step of the same core layer
+    else:  # each position at its latest step of the same core layer (always-last: over all steps it ran)
       picks = []
       for p in range(self.seen):
         if idx >= 2:
-          picks.append((max(s for s in range(2, idx + 1) if s % 4 == idx % 4 and p in self.k.get(s, {})), p))
+          top = max(self.k) if rule == "always-last-m4" else idx
+          picks.append((max(s for s in range(2, top + 1) if s % 4 == idx % 4 and p in self.k.get(s, {})), p))
         else:
           picks.append((idx if p in self.k[idx] else 0, p))
     return np.stack([self.k[s][p] for s, p in picks]), np.stack([self.v[s][p] for s, p in picks])

@@ -14,6 +14,8 @@ PROMPT = 8
     ("latest-m4", "latent-diff", 0.05, 8, False),  # early-exited tokens are read at their latest step of the layer
     ("compress-s3", "kl", 5e-4, 5, False),  # slots shared across core layers, overwritten by whichever ran last
     ("full", "kl", 5e-4, 5, True),  # warm start from the previous token's state at its exit (before ln_f)
+    ("always-last-m4", "latent-diff", 0.05, 8, False),  # early-exited tokens make every token read at its last step
+    ("latest-m4-compress-s8", "latent-diff", 0.05, 8, False),  # latest lookup inside two recurrences' slots
 ])
 def test_matches_a_literal_model_of_the_original(tiny_model, golden, strategy, criterion, threshold, new_tokens,
                                                  continuous):

@@ -10,16 +10,21 @@ from huginn_jax.decoding import cache as cache_lib
 
 
 def _original_core_index(strategy: str, flat: int) -> int:
-  """The original's cache index of core layer ``flat`` (step * 4 + layer), offset by the 2 prelude slots."""
+  """The original's cache index of core layer ``flat`` (step * 4 + layer), offset by the 2 prelude slots
+  (a transcription of the remapping at the top of its ``HuginnDynamicCache.update``)."""
   idx = 2 + flat
-  if strategy.startswith("compress-s"):
-    return (idx - 2) % int(strategy[len("compress-s"):]) + 2
-  if strategy.startswith("compress-r"):
-    return (idx - 2) // int(strategy[len("compress-r"):]) + 2
+  if "compress-" in strategy:
+    if "compress-s" in strategy:
+      return (idx - 2) % int(strategy.split("compress-")[1][1:]) + 2
+    if "compress-anchor" in strategy:
+      return idx if idx - 2 < 4 * 8 else 34 + (idx - 34) % 4
+    return (idx - 2) // int(strategy.split("compress-")[1][1:]) + 2
   return idx
 
 
-@pytest.mark.parametrize("strategy", ["full", "latest-m4", "compress-s4", "compress-s3", "compress-r4", "compress-r3"])
+@pytest.mark.parametrize("strategy", ["full", "latest-m4", "compress-s4", "compress-s3", "compress-r4", "compress-r3",
+                                      "compress-anchor", "latest-m4-compress-s16", "latest-m4-compress-s4",
+                                      "always-last-m4-compress-r2", "skip-compress-anchor", "available-m4", "skip"])
 def test_slot_mapping_matches_the_original(strategy):
   config = hj.get_config("huginn-0125")
   layout = cache_lib.cache_layout(strategy, config, 32)
@@ -44,8 +49,71 @@ def test_slot_counts_and_memory_of_huginn():
 
 
 def test_unknown_strategy_is_rejected():
-  with pytest.raises(ValueError, match="compress-s"):
-    cache_lib.cache_layout("compress-q4", hj.get_config("tiny"), 4)
+  for name in ("compress-q4", "full-compress-s4", "latest-m4-compress", "compress-s4-latest-m4", "random"):
+    with pytest.raises(ValueError, match="compress-s"):
+      cache_lib.cache_layout(name, hj.get_config("tiny"), 4)
+
+
+def _original_lookup(strategy: str, depths: list[int], cur: int):
+  """The entry (the original's cache index, or None where the token is left out) each cached token gives a query of
+  core index ``cur``, transcribed from the lookup branches of the original's ``HuginnDynamicCache.update``: token p
+  holds the (remapped) indices of the core layers it ran, ``2 + f`` for f < 4 * depths[p]."""
+  held = [{_original_core_index(strategy, f) for f in range(4 * n)} for n in depths]
+  if all(cur in h for h in held) or strategy == "full" or "-" not in strategy.replace("compress-", ""):
+    return [cur if cur in h else None for h in held]  # all present, "full", or a bare compress-*: what exists
+  picks = []
+  for h in held:
+    try:
+      if strategy.startswith("latest-m4"):
+        picks.append(max(s for s in range(cur + 1) if s in h and s >= 2 and s % 4 == cur % 4))
+      elif strategy.startswith("available-m4"):
+        picks.append(cur if cur in h else max(s for s in range(cur + 1) if s in h and s >= 2 and s % 4 == cur % 4))
+      elif strategy.startswith("always-last-m4"):
+        picks.append(max(s for s in h if s >= 2 and s % 4 == cur % 4))
+      else:  # skip
+        picks.append(cur if cur in h else None)
+    except ValueError:  # max() of nothing: the original raises; masked out here
+      picks.append(None)
+  return picks
+
+
+LOOKUPS = ["full", "skip", "latest-m4", "available-m4", "always-last-m4", "compress-anchor", "latest-m4-compress-s16",
+           "latest-m4-compress-s4", "always-last-m4-compress-s8", "available-m4-compress-r2", "skip-compress-anchor",
+           "latest-m4-compress-anchor", "always-last-m4-compress-anchor"]
+
+
+@pytest.mark.parametrize("strategy", LOOKUPS)
+def test_lookup_rules_pick_the_originals_entries(strategy):
+  """Tokens that ran different numbers of recurrences (as after early exits): for every query slot, the slot each
+  token is read at and whether it is seen at all equal the original's lookup, compression included."""
+  config = hj.get_config("tiny")
+  num_steps = 11  # beyond the 8 anchored recurrences of compress-anchor
+  layout = cache_lib.cache_layout(strategy, config, num_steps)
+  rows = [[11, 1, 3, 9, 6], [4, 4, 4, 4, 4], [11, 11, 11, 11, 11]]
+  cache = cache_lib.init_cache(layout, config, batch=len(rows), max_len=5)
+  ids = jnp.arange(layout.n_slots, dtype=jnp.float32)[:, None, None, None, None]
+  cache = cache.replace(k_store=cache.k_store + ids, depth=jnp.array(rows, jnp.int32))
+  seen = jnp.full((len(rows),), 5)
+  for step in range(num_steps):
+    for j in range(4):
+      slot = layout.core_slot(step, j)
+      keys, _ = cache_lib.read_core_kv(cache, layout, step, j, seen)
+      visible = np.asarray(cache_lib.core_visible(layout, cache.depth, slot, seen))
+      for b, depths in enumerate(rows):
+        expected = _original_lookup(strategy, depths, _original_core_index(strategy, 4 * step + j))
+        got = [int(k) if v else None for k, v in zip(np.asarray(keys)[b, :, 0, 0], visible[b])]
+        assert got == expected, (strategy, step, j, depths)
+
+
+def test_available_equals_latest_and_always_last_differs():
+  """available-m4 reads what latest-m4 reads; always-last-m4 reads later steps when a token is missing."""
+  config = hj.get_config("tiny")
+  depth = jnp.array([[4, 1]])
+  picks = {name: np.asarray(cache_lib.lookup_slots(cache_lib.cache_layout(name, config, 4), depth, 2 + 4 * 1 + 2)[0])
+           for name in ("latest-m4", "available-m4", "always-last-m4")}
+  np.testing.assert_array_equal(picks["latest-m4"], [[6, 2]])  # step 1 layer 2; the 1-step token at step 0
+  np.testing.assert_array_equal(picks["available-m4"], picks["latest-m4"])
+  np.testing.assert_array_equal(picks["always-last-m4"], [[14, 2]])  # the 4-step token at its last step
 
 
 def test_writes_go_to_each_rows_position_and_respect_the_gate():

@@ -202,3 +202,21 @@ def test_bad_arguments_raise_clear_errors(tiny_model, golden):
     _generate(tiny_model, prompt + 300)
   with pytest.raises(ValueError, match="speculative"):
     _generate(tiny_model, prompt, draft_steps=2, continuous=True)
+
+
+def test_dry_penalty_steers_greedy_decoding(tiny_model, golden):
+  """Greedy decoding repeats itself (some new token continues a DRY match of length >= 2 in its context); with a
+  large DRY multiplier no new token does, in plain and in speculative decoding (both keep each row's history)."""
+  from tests.decoding.test_sampling import reference_dry
+  prompt = golden["tokens"][:, :PROMPT]
+
+  def repeats(out):
+    found = 0
+    for row in np.asarray(out.sequences):
+      for i in range(PROMPT, PROMPT + NEW):
+        found += reference_dry(row[:i].tolist(), 256)[row[i]] > 0
+    return found
+
+  assert repeats(_generate(tiny_model, prompt, num_steps=4)) > 0
+  assert repeats(_generate(tiny_model, prompt, num_steps=4, dry_multiplier=1e4)) == 0
+  assert repeats(_generate(tiny_model, prompt, num_steps=4, draft_steps=2, lookahead=3, dry_multiplier=1e4)) == 0

@@ -80,3 +80,69 @@ def test_invalid_arguments():
   for kwargs in (dict(temperature=-1), dict(top_p=1.5), dict(min_p=-0.1), dict(top_k=2.5), dict(repetition_penalty=0)):
     with pytest.raises(ValueError):
       sampling.make_sampling(10, **kwargs)
+
+
+def reference_dry(context, vocab, multiplier=0.8, base=1.75, allowed=2, lookback=128, max_match=32):
+  """The original's DRY loops, transcribed literally: the amount subtracted from each logit."""
+  penalty = np.zeros(vocab)
+  n = len(context)
+  for token in range(vocab):
+    longest = 0
+    for start in range(max(0, n - lookback), n - 1):
+      match = 0
+      while start + match < n and match < max_match and context[start + match] == context[n - match - 1]:
+        match += 1
+      if match > 0 and start + match < n and context[start + match] == token:
+        longest = max(longest, match + 1)
+    if longest >= allowed:
+      penalty[token] = multiplier * base ** (longest - allowed)
+  return penalty
+
+
+def _dry(context, vocab=12, width=16, multiplier=0.8, base=1.75, allowed=2, lookback=128, max_match=32):
+  row = np.zeros((1, width), np.int32)
+  row[0, :len(context)] = context
+  return np.asarray(sampling.dry_penalty(jnp.asarray(row), jnp.array([len(context)]), vocab, jnp.float32(multiplier),
+                                         jnp.float32(base), jnp.int32(allowed), lookback, max_match))[0]
+
+
+def test_dry_hand_computed():
+  """[5 6 7 8 9 7 6 5]: read forward from position 0, "5 6 7" mirrors the last three tokens read backward, so 8 (the
+  token after the match) continues a match of 3 + 1 = 4 >= allowed 2 and loses 0.8 * 1.75**2 = 2.45; no other start
+  matches. With max_match 2 the match stops at "5 6", so 7 loses 0.8 * 1.75 = 1.4; with allowed 5, or with a
+  lookback of 3 (starts 5 and 6 only), nothing is penalised. [1 2 3 1 2]: 3 follows the one-token match "2" -> 0.8."""
+  expected = np.zeros(12)
+  expected[8] = 2.45
+  np.testing.assert_allclose(_dry([5, 6, 7, 8, 9, 7, 6, 5]), expected, rtol=1e-6)
+  expected = np.zeros(12)
+  expected[7] = 1.4
+  np.testing.assert_allclose(_dry([5, 6, 7, 8, 9, 7, 6, 5], max_match=2), expected, rtol=1e-6)
+  assert not _dry([5, 6, 7, 8, 9, 7, 6, 5], allowed=5).any()
+  assert not _dry([5, 6, 7, 8, 9, 7, 6, 5], lookback=3).any()
+  expected = np.zeros(12)
+  expected[3] = 0.8
+  np.testing.assert_allclose(_dry([1, 2, 3, 1, 2]), expected, rtol=1e-6)
+  assert not _dry([4]).any() and not _dry([]).any()
+
+
+def test_dry_matches_the_original_loops_on_random_contexts():
+  rng = np.random.default_rng(1)
+  for length in (2, 5, 9, 16, 23):
+    context = rng.integers(0, 4, length).tolist()  # a small alphabet makes long matches likely
+    for kwargs in (dict(), dict(allowed=1, base=2.0), dict(lookback=6, max_match=3)):
+      np.testing.assert_allclose(_dry(context, vocab=4, width=24, **kwargs), reference_dry(context, 4, **kwargs),
+                                 rtol=1e-6, err_msg=f"{context} {kwargs}")
+
+
+def test_dry_through_next_token_and_history():
+  """next_token subtracts DRY from each row's logits given its History; mark_seen appends to the sequence."""
+  spec, params = sampling.make_sampling(12, dry_multiplier=0.8)
+  assert spec.dry and not spec.repetition_penalty
+  tokens = jnp.array([[5, 6, 7, 8, 9, 7, 6, 5, 0, 0]])
+  history = sampling.init_history(spec, tokens[:, :7], jnp.ones((1, 7), bool), 12, 10)
+  history = sampling.mark_seen(history, tokens[:, 7:9], jnp.array([[True, False]]))
+  assert int(history.length[0]) == 8 and history.seen is None
+  logits = jnp.zeros((1, 12)).at[0, 8].set(2.0).at[0, 3].set(0.5)  # 8 leads by 2.0 but loses 2.45
+  assert int(sampling.next_token(logits, None, spec, params, history)[0]) == 3
+  with pytest.raises(ValueError, match="cannot be combined"):
+    sampling.make_sampling(12, repetition_penalty=1.2, dry_multiplier=0.8)

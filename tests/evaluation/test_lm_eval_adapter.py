@@ -137,3 +137,18 @@ def test_generate_until_batches_requests(monkeypatch, tiny_model, tokenizer):
   assert HuginnLM(params, config, tokenizer, num_steps=STEPS, generate_batch_size=4).generate_until(requests) == got
   assert calls[1:] == [(4, 8), (2, 8)]
   assert len(got) == 6 and all(len(text.split()) == 3 for text in got)
+
+
+def test_a_shared_cache_or_an_exit_rule_scores_token_by_token(tiny_model, tokenizer, golden):
+  """With cache="compress-s4" the golden compress-s4 generation is the greedy continuation of its prompt; an exit
+  rule tallies fewer iterations than the maximum per task."""
+  config, params = tiny_model
+  sequence = golden["gen_greedy_steps8_compress_s4"][0]
+  context, continuation = _words(sequence[:8]), " " + _words(sequence[8:])
+  shared = HuginnLM(params, config, tokenizer, num_steps=8, cache="compress-s4", batch_size=2)
+  ((_, greedy),) = shared.loglikelihood([_req(context, continuation)])
+  assert greedy and shared.mean_iterations() == {"all": 8}
+  adaptive = HuginnLM(params, config, tokenizer, num_steps=8, exit_criterion="latent-diff", exit_threshold=0.5,
+                      batch_size=2)
+  adaptive.loglikelihood([_req(context, continuation)])
+  assert 1 <= adaptive.mean_iterations()["all"] < 8

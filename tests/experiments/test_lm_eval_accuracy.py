@@ -1,4 +1,5 @@
-"""Smoke test: accuracy against iterations on a local multiple-choice file, through the lm-eval adapter."""
+"""Accuracy against iterations: on a local multiple-choice file through the adapter, and on a local lm-eval task
+through the real harness (the ``huginn-jax lm-eval`` path), checked against the adapter's own scoring."""
 
 import json
 import os
@@ -8,6 +9,9 @@ import tokenizers
 from tokenizers import models, pre_tokenizers
 
 import lm_eval_accuracy
+from huginn_jax.evaluation.lm_eval_adapter import HuginnLM
+
+TASKS = os.path.join(os.path.dirname(__file__), "..", "evaluation", "tasks")
 
 
 @pytest.fixture
@@ -50,3 +54,30 @@ def test_bad_inputs_are_named(tiny_dir, tmp_path, files):
     lm_eval_accuracy.read_jsonl(str(bad))
   with pytest.raises(SystemExit):  # neither --tasks nor --jsonl
     lm_eval_accuracy.main(["--checkpoint", tiny_dir, "--out", str(tmp_path), "--tokenizer", tok_path])
+  with pytest.raises(SystemExit):  # --prefix-ids belongs to --jsonl
+    lm_eval_accuracy.main(["--checkpoint", tiny_dir, "--out", str(tmp_path), "--tokenizer", tok_path,
+                           "--tasks", "toy_choice", "--prefix-ids", "1"])
+
+
+def test_lm_eval_accuracy_through_the_harness_on_a_local_task(tiny_dir, tmp_path, files, monkeypatch):
+  """--tasks with --include-path: one ``huginn-jax lm-eval`` run per r; its acc is the adapter's argmax accuracy at
+  that r over the task's items, and its mean iterations r."""
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  tok_path, _ = files
+  out = str(tmp_path / "acc")
+  res = lm_eval_accuracy.main(["--checkpoint", tiny_dir, "--out", out, "--tokenizer", tok_path, "--tasks",
+                               "toy_choice", "--include-path", TASKS, "--steps", "1,4", "--batch-size", "4",
+                               "--limit", "5"])
+  with open(os.path.join(TASKS, "huginn_toy", "choice.jsonl")) as f:
+    items = [json.loads(line) for line in f][:5]
+  for r in (1, 4):
+    got = res["by_steps"][str(r)]["toy_choice"]
+    lm = HuginnLM.from_pretrained(tiny_dir, tokenizer=tok_path, num_steps=r, batch_size=4, progress=False)
+    expected = lm_eval_accuracy.jsonl_accuracy(lm, [dict(it, choices=[" " + c for c in it["choices"]])
+                                                    for it in items])
+    assert got["acc,none"] == pytest.approx(expected["acc"])
+    assert got["mean_iterations,none"] == r
+    assert os.listdir(os.path.join(out, "lm_eval", f"r{r}"))  # the harness's own results files
+  assert res["by_steps"]["1"]["toy_choice"] != res["by_steps"]["4"]["toy_choice"]
+  assert os.path.getsize(os.path.join(out, "accuracy.png")) > 1000
