@@ -39,7 +39,7 @@ def main(argv=None) -> list[dict]:
     p.error(f"--backprop must be in 1..--num-steps ({args.num_steps}), got {args.backprop}.")
 
   info = _common.header("train_step")
-  model_config = _common.model_config(args, param_dtype="float32", remat_policy=args.remat)
+  model_config = _common.model_config(args, param_dtype="float32")
   seq = min(args.seq_len, model_config.max_seq_len)
   train_config = train_config_lib.get_train_config(
       "base", batch_size=args.batch, seq_len=seq, mean_recurrence=args.num_steps, mean_backprop_depth=args.backprop,

@@ -25,22 +25,32 @@ import experiment_utils as eu  # noqa: E402
 
 
 def latent_states(params, config, tokens: np.ndarray, num_steps: int, init_scale: float, seed: int) -> np.ndarray:
-  """Latent states [num_steps + 1, B, S, d] (index 0 = the initial state), one jitted scan."""
+  """Latent states [num_steps + 1, B, S, d] (index 0 = the initial state), one jitted loop."""
   import jax
   import jax.numpy as jnp
   from huginn_jax import api
+  from huginn_jax.model import iterate
+
+  class Record:
+    """A ``StepObserver`` writing the state after every iteration into a [num_steps + 1, B, S, d] buffer."""
+
+    def init(self, s0):
+      return jnp.zeros((num_steps + 1,) + s0.shape, jnp.float32).at[0].set(s0.astype(jnp.float32))
+
+    def running(self, states):
+      return None
+
+    def update(self, states, step, s, cache):
+      return states.at[step + 1].set(s.astype(jnp.float32)), cache
+
+    def finished(self, states):
+      return jnp.bool_(False)
 
   @jax.jit
   def run(params, tokens, key):
     model = api.model_from_params(params, config)
-    e, s, positions, mask = api.prepare(model, tokens, None, None, None, key, init_scale)
-
-    def body(s, _):
-      s = model.core(s, e, positions, mask)
-      return s, s.astype(jnp.float32)
-
-    _, states = jax.lax.scan(body, s, None, length=num_steps)
-    return jnp.concatenate([s[None].astype(jnp.float32), states], axis=0)
+    p = api.prepare(model, tokens, key=key, init_scale=init_scale)
+    return iterate(model.core, p.state, p.e, p.positions, p.mask, num_steps, observer=Record()).observed
 
   return np.asarray(run(params, jnp.asarray(tokens, jnp.int32), jax.random.key(seed)))
 

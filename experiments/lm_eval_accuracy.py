@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
   results = {"checkpoint": args.checkpoint, "steps": steps, "source": args.jsonl or args.tasks,
              "exit_criterion": args.exit_criterion, "by_steps": {}}
   if args.jsonl:
-    from huginn_jax.decoding.tokenizer import Tokenizer
+    from huginn_jax.text.tokenizer import Tokenizer
     from huginn_jax.evaluation.lm_eval_adapter import HuginnLM
     config, params = eu.load(args.checkpoint)
     tokenizer = Tokenizer.from_file(args.tokenizer or args.checkpoint)

@@ -8,6 +8,7 @@ module is rebuilt from a cached graph definition, so everything here works under
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -38,13 +39,13 @@ def _graph(config: ml_collections.FrozenConfigDict):
   return graphdef, state
 
 
-def abstract_params(config) -> Params:
+def abstract_params(config: ml_collections.ConfigDict) -> Params:
   """Shapes and dtypes of the params (``jax.ShapeDtypeStruct`` leaves), without allocating them."""
   _, state = _graph(config_lib.frozen(config))
   return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(state))
 
 
-def logical_axes(config) -> Params:
+def logical_axes(config: ml_collections.ConfigDict) -> Params:
   """The logical axis names of every parameter, as a pytree of tuples shaped like the params."""
   _, state = _graph(config_lib.frozen(config))
   axes = nnx.to_pure_dict(nnx.get_partition_spec(state))
@@ -81,7 +82,7 @@ def _jitted_init(config: ml_collections.FrozenConfigDict):
   return jax.jit(lambda key: nnx.to_pure_dict(nnx.state(Huginn(config, rngs=nnx.Rngs(params=key)), nnx.Param)))
 
 
-def init(config, key: Array) -> Params:
+def init(config: ml_collections.ConfigDict, key: Array) -> Params:
   """Random params for ``config``, with the original's init scheme (std sqrt(2/5d), scaled output layers)."""
   frozen = config_lib.frozen(config_lib.validate(config) if isinstance(config, ml_collections.ConfigDict) else config)
   return _jitted_init(frozen)(key)
@@ -117,22 +118,30 @@ def _attention_mask(batch: int, seq: int, attention_mask: Array | None) -> SelfA
   return SelfAttentionMask(kv_valid=None if attention_mask is None else attention_mask.astype(bool))
 
 
-def prepare(model: Huginn, tokens, positions, attention_mask, initial_state, key, init_scale):
-  """Runs the prelude and builds the initial state: (e, s0, positions, mask) for ``iterate`` and ``Huginn.head``.
+class Prepared(NamedTuple):
+  e: Array  # [B, S, d] the prelude's output, injected at every iteration
+  state: Array  # [B, S, d] the initial core state
+  positions: Array  # [B|1, S] int32
+  mask: SelfAttentionMask
+
+
+def prepare(model: Huginn, tokens: Array, *, positions: Array | None = None, attention_mask: Array | None = None,
+            initial_state: Array | None = None, key: Array | None = None, init_scale: float = 1.0) -> Prepared:
+  """Runs the prelude and builds the initial state, for ``iterate`` and ``Huginn.head``.
 
   Shared by ``forward``, ``loss`` and code that inspects the recurrence step by step."""
   batch, seq = tokens.shape
   if positions is None:
     positions = jnp.arange(seq, dtype=jnp.int32)[None]
   mask = _attention_mask(batch, seq, attention_mask)
-  e = model.run_prelude(tokens, positions, mask)
+  e, _ = model.run_prelude(tokens, positions, mask)
   if initial_state is None:
     s = model.initial_state(e, key, init_scale)
   else:
     if initial_state.shape != e.shape:
       raise ValueError(f"initial_state must be [batch, seq, d_model] = {e.shape}, got {initial_state.shape}.")
     s = initial_state.astype(e.dtype)
-  return e, s, positions, mask
+  return Prepared(e, s, positions, mask)
 
 
 def _check_steps(num_steps):
@@ -141,7 +150,8 @@ def _check_steps(num_steps):
   return num_steps
 
 
-def forward(params: Params, token_ids, *, config, num_steps=None, initial_state: Array | None = None,
+def forward(params: Params, token_ids: Array, *, config: ml_collections.ConfigDict,
+            num_steps: int | Array | None = None, initial_state: Array | None = None,
             key: Array | None = None, init_scale: float = 1.0, attention_mask: Array | None = None,
             positions: Array | None = None) -> ForwardOutput:
   """Logits and final latents of Huginn after ``num_steps`` recurrences of the core.
@@ -153,9 +163,10 @@ def forward(params: Params, token_ids, *, config, num_steps=None, initial_state:
   tokens = _check_tokens(token_ids, config)
   num_steps = _check_steps(config.mean_recurrence if num_steps is None else num_steps)
   model = model_from_params(params, config)
-  e, s, positions, mask = prepare(model, tokens, positions, attention_mask, initial_state, key, init_scale)
-  s = iterate(model.core, s, e, positions, mask, num_steps)
-  latents, logits = model.head(s, positions, mask)
+  e, s, positions, mask = prepare(model, tokens, positions=positions, attention_mask=attention_mask,
+                                  initial_state=initial_state, key=key, init_scale=init_scale)
+  s = iterate(model.core, s, e, positions, mask, num_steps).state
+  latents, logits, _ = model.head(s, positions, mask)
   return ForwardOutput(logits=logits, latents=latents)
 
 
@@ -196,35 +207,55 @@ def chunked_cross_entropy(model: Huginn, x: Array, labels: Array, chunk: int) ->
   return nll / jnp.maximum(count, 1)
 
 
-def loss(params: Params, token_ids, labels, *, config, num_steps=None, initial_state: Array | None = None,
-         key: Array | None = None, init_scale: float = 1.0, max_grad_steps: int | None = None,
-         attention_mask: Array | None = None, remat_policy: str | None = None, loss_chunk: int | None = None) -> Array:
+def _depth(config, num_steps, depth) -> tuple[Any, Any]:
+  """The (n, k) of ``loss``: ``depth``, or (0, num_steps), or the config's (r - k0, k0)."""
+  if isinstance(num_steps, (tuple, list)):  # the old spelling of depth
+    warnings.warn("hj.loss(num_steps=(n, k)) is deprecated: pass depth=(n, k); num_steps is an iteration count.",
+                  DeprecationWarning, stacklevel=3)
+    num_steps, depth = None, (depth if depth is not None else tuple(num_steps))
+  if depth is not None and num_steps is not None:
+    raise ValueError("hj.loss takes num_steps (all iterations with gradient) or depth=(n, k), not both.")
+  if depth is None:
+    if num_steps is not None:
+      return 0, num_steps
+    return max(config.mean_recurrence - config.mean_backprop_depth, 0), config.mean_backprop_depth
+  if not isinstance(depth, (tuple, list)) or len(depth) != 2:
+    raise ValueError(f"depth must be a pair (n iterations without gradient, k with gradient), got {depth!r}.")
+  return tuple(depth)
+
+
+def loss(params: Params, token_ids: Array, labels: Array, *, config: ml_collections.ConfigDict,
+         num_steps: int | Array | None = None, depth: tuple[int | Array, int | Array] | None = None,
+         initial_state: Array | None = None, key: Array | None = None, init_scale: float = 1.0,
+         max_grad_steps: int | None = None, attention_mask: Array | None = None,
+         remat_policy: str = "nothing_saveable", loss_chunk: int | None = None) -> Array:
   """Cross-entropy with truncated backprop through the recurrence, as the original trains.
 
-  ``num_steps=(n, k)``: n iterations under ``stop_gradient`` (neither the state nor the injected prelude output
-  carries gradient there), then k with gradient. A plain int means (0, num_steps). n may be traced; a traced k
-  needs ``max_grad_steps`` (the static length of the masked gradient scan, default ``config.mean_backprop_depth``).
+  ``depth=(n, k)``: n iterations under ``stop_gradient`` (neither the state nor the injected prelude output
+  carries gradient there), then k with gradient; default the config's (mean_recurrence - mean_backprop_depth,
+  mean_backprop_depth). ``num_steps`` instead: that many iterations, all with gradient (depth (0, num_steps)).
+  n may be traced; a traced k needs ``max_grad_steps`` (the static length of the masked gradient scan, default
+  ``config.mean_backprop_depth``). ``remat_policy``: ``jax.checkpoint`` policy of each gradient iteration.
   ``loss_chunk``: compute the vocabulary projection and cross-entropy that many positions at a time (the same
   loss; saves the [B, S, vocab] float32 logits and their gradient).
   """
   tokens = _check_tokens(token_ids, config)
-  if num_steps is None:
-    num_steps = (max(config.mean_recurrence - config.mean_backprop_depth, 0), config.mean_backprop_depth)
-  n, k = num_steps if isinstance(num_steps, (tuple, list)) else (0, num_steps)
+  n, k = _depth(config, num_steps, depth)
   _check_steps(n), _check_steps(k)
   if not isinstance(k, (int, np.integer)) and max_grad_steps is None:
     max_grad_steps = config.mean_backprop_depth
-  policy = config.remat_policy if remat_policy is None else remat_policy
   model = model_from_params(params, config)
-  e, s, positions, mask = prepare(model, tokens, None, attention_mask, initial_state, key, init_scale)
+  e, s, positions, mask = prepare(model, tokens, attention_mask=attention_mask, initial_state=initial_state, key=key,
+                                  init_scale=init_scale)
   sg = jax.lax.stop_gradient
-  s = sg(iterate(sg(model.core), sg(s), sg(e), positions, mask, n))
-  s = iterate(model.core, s, e, positions, mask, k, max_steps=max_grad_steps, remat_policy=policy)
+  s = sg(iterate(sg(model.core), sg(s), sg(e), positions, mask, n).state)
+  s = iterate(model.core, s, e, positions, mask, k, max_steps=max_grad_steps,
+                remat_policy=remat_policy).state
   labels = jnp.asarray(labels)
   if loss_chunk:
     if loss_chunk < 1:
       raise ValueError(f"loss_chunk must be a positive number of positions (or None), got {loss_chunk}.")
-    _, x = model.run_coda(s, positions, mask)
+    _, x, _ = model.run_coda(s, positions, mask)
     return chunked_cross_entropy(model, x, labels, int(loss_chunk))
-  _, logits = model.head(s, positions, mask)
+  _, logits, _ = model.head(s, positions, mask)
   return cross_entropy(logits, labels)

@@ -28,15 +28,13 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from huginn_jax.sharding import active_rules
+
 Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 NEG_INF = -1e30  # finite, so fully masked rows give a uniform distribution instead of NaN
 
-# Mesh axes the Pallas kernel is split over when a mesh is set (``jax.set_mesh``): batch over data/fsdp, heads over
-# tensor. Queries, keys and values are resharded to this layout if they arrive otherwise.
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
 LANES = 128  # the TPU vector lane width: the kernel's head_dim and sequence blocks are multiples of it
 BLOCKS = (512, 256, 128)  # kernel tile sizes tried, largest first; the padded sequence length picks one
 
@@ -149,18 +147,25 @@ def _splash(q: Array, k: Array, v: Array, kv_valid: Array | None, *, causal: boo
   return jnp.swapaxes(out[:, :, :seq, :head_dim], 1, 2).astype(v.dtype)
 
 
+def _rule_axes(logical: str) -> tuple[str, ...]:
+  """The mesh axes the active sharding rules give an activation axis (``huginn_jax.sharding``)."""
+  axes = active_rules().get(logical)
+  return () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+
+
 def _kernel_partition(mesh, batch: int, heads: int) -> tuple[tuple[str, ...], str | None]:
-  """Mesh axes for the kernel's batch and head dims: those of BATCH_AXES whose sizes keep dividing the batch, and
-  HEAD_AXIS if it divides the head count (Huginn's 55 heads divide only by 5, 11, 55; otherwise each tensor shard
-  computes all heads of its batch rows)."""
+  """Mesh axes for the kernel's batch and head dims, from the rules of "act_batch" and "act_heads": the batch axes
+  whose sizes keep dividing the batch, and the head axis if it divides the head count (Huginn's 55 heads divide
+  only by 5, 11, 55; otherwise each tensor shard computes all heads of its batch rows)."""
   batch_axes, size = [], 1
-  for name in BATCH_AXES:
+  for name in _rule_axes("act_batch"):
     if name in mesh.axis_names and mesh.shape[name] > 1 and batch % (size * mesh.shape[name]) == 0:
       batch_axes.append(name)
       size *= mesh.shape[name]
   head_axis = None
-  if HEAD_AXIS in mesh.axis_names and mesh.shape[HEAD_AXIS] > 1 and heads % mesh.shape[HEAD_AXIS] == 0:
-    head_axis = HEAD_AXIS
+  for name in _rule_axes("act_heads")[:1]:
+    if name in mesh.axis_names and mesh.shape[name] > 1 and heads % mesh.shape[name] == 0:
+      head_axis = name
   return tuple(batch_axes), head_axis
 
 
@@ -175,9 +180,9 @@ def pallas_attention(q: Array, k: Array, v: Array, mask=None, *, interpret: bool
   """The Pallas TPU splash kernel, with padding, the 1/sqrt(head_dim) scale and the mask translated for it.
 
   ``interpret`` defaults to True unless compiling for TPU (with a warning: the interpreter is slow). Under a mesh
-  set with ``jax.set_mesh`` the kernel runs per shard through ``jax.shard_map`` (batch over data/fsdp, heads over
-  tensor); without one it runs on whole arrays. Dense masks and S != T go through ``xla_attention`` (see the
-  module doc).
+  set with ``jax.set_mesh`` the kernel runs per shard through ``jax.shard_map`` (batch and heads over the mesh
+  axes of the "act_batch" and "act_heads" sharding rules); without one it runs on whole arrays. Dense masks and
+  S != T go through ``xla_attention`` (see the module doc).
   """
   seq, kv_len = q.shape[1], k.shape[1]
   if (mask is not None and not isinstance(mask, SelfAttentionMask)) or seq != kv_len:

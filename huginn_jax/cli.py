@@ -17,9 +17,9 @@ def _convert(args) -> None:
 
 
 def _export(args) -> None:
-  import huginn_jax as hj
-  config, params = hj.load(args.src)
-  out = hj.export_hf(args.dst, config, params, dtype=args.dtype, overwrite=args.overwrite)
+  from huginn_jax.checkpoint.io import export_hf, load
+  config, params = load(args.src)
+  out = export_hf(args.dst, config, params, dtype=args.dtype, overwrite=args.overwrite)
   print(f"exported {args.src} -> {out}")
 
 
@@ -29,12 +29,14 @@ def _forward(args) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  import huginn_jax as hj
-  config, params = hj.load(args.checkpoint)
+  from huginn_jax.api import forward
+  from huginn_jax.checkpoint.io import load
+  from huginn_jax.config import num_params
+  config, params = load(args.checkpoint)
   rng = np.random.default_rng(args.seed)
   tokens = jnp.asarray(rng.integers(0, config.vocab_size, (args.batch, args.seq_len)), jnp.int32)
-  fwd = jax.jit(functools.partial(hj.forward, config=config, init_scale=0.0))
-  print(f"model {config.name}: d={config.d_model}, heads={config.n_heads}, {hj.num_params(config):,} params")
+  fwd = jax.jit(functools.partial(forward, config=config, init_scale=0.0))
+  print(f"model {config.name}: d={config.d_model}, heads={config.n_heads}, {num_params(config):,} params")
   print(f"{'steps':>6} {'mean entropy':>13} {'latent norm':>12} {'change vs prev':>15}")
   prev = None
   for steps in args.steps:
@@ -48,12 +50,12 @@ def _forward(args) -> None:
 
 
 def _generate(args) -> None:
-  from huginn_jax.decoding.interactive import run_generate
+  from huginn_jax.text.interactive import run_generate
   run_generate(args)
 
 
 def _chat(args) -> None:
-  from huginn_jax.decoding.interactive import run_chat
+  from huginn_jax.text.interactive import run_chat
   run_chat(args)
 
 
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(fn=_forward)
 
-  from huginn_jax.decoding.interactive import add_generation_arguments
+  from huginn_jax.text.interactive import add_generation_arguments
   p = sub.add_parser("generate", help="generate text after a prompt, streamed as it is produced")
   add_generation_arguments(p)
   p.add_argument("--prompt", required=True)

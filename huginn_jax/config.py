@@ -14,7 +14,22 @@ from typing import Any, Callable
 
 import ml_collections
 
-_DTYPES = ("float32", "bfloat16", "float16")
+from huginn_jax.attention import IMPLEMENTATIONS
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+# The fields that fix the shape of the parameters: two configs that agree on them can load each other's weights.
+SHAPE_FIELDS = ("vocab_size", "d_model", "n_heads", "head_dim", "intermediate_size", "n_layers_prelude",
+                "n_layers_core", "n_layers_coda", "qk_bias")
+
+# Fields that older versions kept in the model config and that now live elsewhere (see the README's changelog):
+# ``remat_policy`` is a training choice (``train.remat_policy``, or the ``remat_policy`` argument of ``hj.loss``).
+RETIRED_FIELDS = ("remat_policy",)
+
+
+def shape_fields(config) -> dict[str, Any]:
+  """The ``SHAPE_FIELDS`` of a config (a ConfigDict or a plain dict, e.g. one read from a checkpoint's JSON)."""
+  return {k: config.get(k) for k in SHAPE_FIELDS}
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -37,8 +52,8 @@ def _base() -> ml_collections.ConfigDict:
   c.mean_backprop_depth = 8
   c.param_dtype = "float32"
   c.compute_dtype = "float32"
+  # A runtime choice, not part of the checkpoint's identity (``shape_fields``): any backend computes the same model.
   c.attention_impl = "auto"  # "auto" (fastest that fits) | "xla" | "cudnn" (GPU) | "pallas" (TPU)
-  c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of one recurrence iteration; "none" disables
   return c
 
 
@@ -116,11 +131,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.rope_base <= 1:
     raise ValueError(f"config.rope_base must be > 1, got {config.rope_base}.")
   for field in ("param_dtype", "compute_dtype"):
-    if config[field] not in _DTYPES:
-      raise ValueError(f"config.{field} must be one of {_DTYPES}, got {config[field]!r}.")
-  if config.attention_impl not in ("auto", "xla", "cudnn", "pallas"):
-    raise ValueError(f"config.attention_impl must be 'auto', 'xla', 'cudnn' or 'pallas', got "
-                     f"{config.attention_impl!r}.")
+    if config[field] not in DTYPES:
+      raise ValueError(f"config.{field} must be one of {DTYPES}, got {config[field]!r}.")
+  if config.attention_impl not in IMPLEMENTATIONS:
+    raise ValueError(f"config.attention_impl must be one of {IMPLEMENTATIONS}, got {config.attention_impl!r}.")
   if not config.tie_embeddings:
     raise ValueError("config.tie_embeddings=False is not supported: Huginn ties lm_head to wte.")
   return config
@@ -258,6 +272,9 @@ def from_preset(presets: dict, name: str, overrides: dict, kind: str = "config")
     raise ValueError(f"Unknown {kind} preset {name!r}; choose one of {sorted(presets)}.")
   config = presets[name]()
   for key, value in overrides.items():
+    if key in RETIRED_FIELDS and key not in config:
+      raise ValueError(f"{kind} field {key!r} moved out of the model config: pass remat_policy to hj.loss, or set "
+                       "train.remat_policy in a training config (see the README's changelog).")
     if key not in config:
       raise ValueError(f"Unknown {kind} field {key!r} for preset {name!r}; known fields: {sorted(config.keys())}.")
     config[key] = value

@@ -7,7 +7,7 @@ and from the original's torch names and layouts.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +15,26 @@ from flax import nnx
 
 # Attention backends live in huginn_jax.attention; re-exported here, where callers first found them.
 from huginn_jax.attention import NEG_INF, causal_mask, dot_product_attention  # noqa: F401
+from huginn_jax.sharding import with_logical_constraint
+
+# Logical axis names of the activations (``huginn_jax.sharding`` maps them to mesh axes when a mesh is active).
+EMBED_ACT = ("act_batch", "act_seq", "act_embed")
+HEADS_ACT = ("act_batch", "act_seq", "act_heads", None)
+MLP_ACT = ("act_batch", "act_seq", "act_mlp")
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+
+
+class KVSlot(Protocol):
+  """One attention layer's place in a KV cache (``huginn_jax.decoding.chunk`` builds them).
+
+  A layer called with a slot hands it this call's keys and values; the slot stores them in the cache and returns
+  what the queries attend to. Called without one, a layer attends over its own keys (the training path).
+  """
+
+  def update(self, cache: Any, k: Array, v: Array) -> tuple[Any, Array, Array, Any]:
+    """Stores k, v [B, C, H, D]; returns (cache, keys [B, T, H, D], values [B, T, H, D], mask for the queries)."""
 
 
 def param(rngs: nnx.Rngs | None, init: Initializer, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...]):
@@ -79,15 +96,21 @@ class Attention(nnx.Module):
       bias = self.qk_bias[...].astype(x.dtype)
       q, k = q + bias[0], k + bias[1]
     cos, sin = rope_angles(positions, self.head_dim, self.rope_base)
-    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    q, k, v = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+    return tuple(with_logical_constraint(t, HEADS_ACT) for t in (q, k, v))
 
   def out(self, y: Array) -> Array:
+    y = with_logical_constraint(y, HEADS_ACT)
     return jnp.einsum("bshk,hkd->bsd", y, self.proj[...].astype(y.dtype))
 
-  def __call__(self, x: Array, positions: Array, mask) -> Array:
-    """``mask``: None, a ``SelfAttentionMask`` or a dense boolean mask (see ``huginn_jax.attention``)."""
+  def __call__(self, x: Array, positions: Array, mask, cache: Any = None,
+               slot: KVSlot | None = None) -> tuple[Array, Any]:
+    """(output, cache). ``mask``: None, a ``SelfAttentionMask`` or a dense boolean mask (see
+    ``huginn_jax.attention``); with a ``slot`` the keys, values and mask come from the cache instead."""
     q, k, v = self.qkv(x, positions)
-    return self.out(dot_product_attention(q, k, v, mask, self.impl))
+    if slot is not None:
+      cache, k, v, mask = slot.update(cache, k, v)
+    return self.out(dot_product_attention(q, k, v, mask, self.impl)), cache
 
 
 class GatedMLP(nnx.Module):
@@ -100,7 +123,8 @@ class GatedMLP(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     h = jnp.einsum("bsd,dti->tbsi", x, self.fc[...].astype(x.dtype))
-    return jnp.einsum("bsi,id->bsd", jax.nn.silu(h[0]) * h[1], self.proj[...].astype(x.dtype))
+    hidden = with_logical_constraint(jax.nn.silu(h[0]) * h[1], MLP_ACT)
+    return jnp.einsum("bsi,id->bsd", hidden, self.proj[...].astype(x.dtype))
 
 
 class SandwichBlock(nnx.Module):
@@ -117,10 +141,12 @@ class SandwichBlock(nnx.Module):
     self.norm_3 = norm()
     self.norm_4 = norm()
 
-  def __call__(self, x: Array, positions: Array, mask: Array | None) -> Array:
-    x = self.norm_2(x + self.attn(self.norm_1(x), positions, mask))
-    return self.mlp_part(x)
+  def __call__(self, x: Array, positions: Array, mask, cache: Any = None,
+               slot: KVSlot | None = None) -> tuple[Array, Any]:
+    """(output, cache): the cache is passed through, written and read by the attention when ``slot`` is given."""
+    y, cache = self.attn(self.norm_1(x), positions, mask, cache, slot)
+    return with_logical_constraint(self.mlp_part(self.norm_2(x + y)), EMBED_ACT), cache
 
   def mlp_part(self, x: Array) -> Array:
-    """The second half of the block; decoding code calls it after computing attention against its cache."""
+    """The second half of the block."""
     return self.norm_4(x + self.mlp(self.norm_3(x)))

@@ -3,10 +3,16 @@
 Every parameter carries logical axis names (``hj.logical_axes(config)``: "vocab", "embed", "heads", "mlp", ...).
 A rules table maps each logical name to mesh axes of the mesh ("data", "fsdp", "tensor"). A mesh axis that does
 not divide the dimension it shards is an error naming both: nothing is silently replicated.
+
+Activations carry logical names too ("act_batch", "act_seq", "act_embed", "act_heads", "act_mlp", "act_vocab"):
+the model calls ``with_logical_constraint`` at each of them, which constrains the array when a mesh and rules are
+active (``activation_sharding``, entered by the train step) and is the identity otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
@@ -35,6 +41,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "act_seq": None,
     "act_embed": None,
     "act_heads": "tensor",
+    "act_mlp": "tensor",
     "act_vocab": "tensor",
 }
 
@@ -171,6 +178,37 @@ def constrain(x: jax.Array, logical: Sequence[str | None], mesh: Mesh | None, ru
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Mapping[str, MeshAxes]] | None] = contextvars.ContextVar(
+    "huginn_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules: Mapping[str, MeshAxes]):
+  """Within this block, code traced by the model constrains its activations on ``mesh`` by ``rules`` (no-op for
+  ``mesh=None``). Enter it inside the function being traced, as the train step does: JAX's trace caches do not
+  see it, so a function traced once outside the block keeps its unconstrained trace."""
+  token = _ACTIVE.set(None if mesh is None else (mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def active_rules() -> Mapping[str, MeshAxes]:
+  """The rules of the enclosing ``activation_sharding`` block, else the defaults."""
+  active = _ACTIVE.get()
+  return DEFAULT_RULES if active is None else active[1]
+
+
+def with_logical_constraint(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+  """``constrain`` by the mesh and rules of the enclosing ``activation_sharding`` block (identity outside one)."""
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  return constrain(x, logical, mesh, rules, name=f"activation {tuple(logical)}")
 
 
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")

@@ -42,7 +42,7 @@ def _param_bytes(config):
 def test_loss_gradient_memory_on_a_simulated_mesh(mesh):
   config = hj.get_config("tiny")
   params, tokens = _abstract(config, mesh)
-  grad = jax.grad(functools.partial(hj.loss, config=config, num_steps=(1, 2), init_scale=0.0))
+  grad = jax.grad(functools.partial(hj.loss, config=config, depth=(1, 2), init_scale=0.0))
   report = aot.memory_analysis(grad, params, tokens, tokens, names=["params", "tokens", "labels"])
 
   assert report.inputs["params"] * 4 == _param_bytes(config), "params are split 4 ways over fsdp"

@@ -60,7 +60,7 @@ def test_random_initial_state_depends_on_key_and_zero_scale_is_zero_state(tiny_m
 def test_grad_of_loss_is_finite_and_reaches_every_parameter(tiny_model, tokens):
   config, params = tiny_model
   labels = jnp.roll(tokens, -1, axis=1).at[:, -1].set(-100)
-  grads = jax.jit(jax.grad(functools.partial(hj.loss, config=config, num_steps=(1, 2), init_scale=0.0)))(
+  grads = jax.jit(jax.grad(functools.partial(hj.loss, config=config, depth=(1, 2), init_scale=0.0)))(
       params, tokens, labels)
   chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
   chex.assert_tree_all_finite(grads)
@@ -122,7 +122,7 @@ def test_chunked_loss_equals_the_whole_loss_and_gradient(tiny_model):
   config, params = tiny_model
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 37)), jnp.int32)
   labels = tokens.at[0, 5].set(-100).at[1, 30:].set(-100)  # ignored positions, and 37 is not a multiple of 8
-  loss = lambda p, chunk: hj.loss(p, tokens, labels, config=config, num_steps=(2, 2), init_scale=0.0,  # noqa: E731
+  loss = lambda p, chunk: hj.loss(p, tokens, labels, config=config, depth=(2, 2), init_scale=0.0,  # noqa: E731
                                   loss_chunk=chunk)
   whole, whole_grads = jax.value_and_grad(loss)(params, None)
   chunked, chunked_grads = jax.value_and_grad(loss)(params, 8)
@@ -140,8 +140,24 @@ def test_chunked_loss_never_holds_all_the_logits():
   tokens = jax.ShapeDtypeStruct((2, 512), jnp.int32)
 
   def temp_bytes(chunk):
-    grad = jax.grad(lambda p, t: hj.loss(p, t, t, config=config, num_steps=(0, 1), init_scale=0.0, loss_chunk=chunk))
+    grad = jax.grad(lambda p, t: hj.loss(p, t, t, config=config, depth=(0, 1), init_scale=0.0, loss_chunk=chunk))
     return jax.jit(grad).lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
 
   logits = 2 * 512 * 65536 * 4
   assert temp_bytes(128) < temp_bytes(None) - logits / 2
+
+
+def test_loss_depth_pair_and_its_deprecated_spelling():
+  config = hj.get_config("tiny")
+  params = hj.init(config, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (1, 8)), jnp.int32)
+  by_depth = hj.loss(params, tokens, tokens, config=config, depth=(1, 1), init_scale=0.0)
+  with pytest.warns(DeprecationWarning, match="depth=\\(n, k\\)"):
+    old = hj.loss(params, tokens, tokens, config=config, num_steps=(1, 1), init_scale=0.0)
+  assert float(old) == float(by_depth)
+  count = hj.loss(params, tokens, tokens, config=config, num_steps=2, init_scale=0.0)
+  assert float(count) == float(hj.loss(params, tokens, tokens, config=config, depth=(0, 2), init_scale=0.0))
+  with pytest.raises(ValueError, match="num_steps .* or depth=\\(n, k\\), not both"):
+    hj.loss(params, tokens, tokens, config=config, num_steps=2, depth=(0, 2))
+  with pytest.raises(ValueError, match="depth must be a pair"):
+    hj.loss(params, tokens, tokens, config=config, depth=3)

@@ -186,7 +186,7 @@ def test_loss_gradients_with_pallas_match_xla(tiny_model, golden):
   state = jnp.asarray(golden["input_states"])
 
   def grad(impl):
-    loss = lambda p: hj.loss(p, tokens, labels, config=_with_impl(config, impl), num_steps=(1, 1),  # noqa: E731
+    loss = lambda p: hj.loss(p, tokens, labels, config=_with_impl(config, impl), depth=(1, 1),  # noqa: E731
                              initial_state=state)
     return jax.jit(jax.grad(loss))(params)
 

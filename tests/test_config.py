@@ -80,3 +80,16 @@ def test_unsupported_hf_configs_are_rejected(tiny_dir, key, value, message):
   hf[key] = value
   with pytest.raises(ValueError, match=message):
     config_lib.from_hf_config(hf)
+
+
+def test_remat_policy_is_not_a_model_field_any_more():
+  with pytest.raises(ValueError, match="remat_policy.*moved out of the model config.*train.remat_policy"):
+    hj.get_config("tiny", remat_policy="none")
+
+
+def test_shape_fields_are_one_list_read_from_configs_and_json_dicts():
+  config = hj.get_config("tiny")
+  fields = config_lib.shape_fields(config)
+  assert tuple(fields) == config_lib.SHAPE_FIELDS and fields["d_model"] == 64
+  assert config_lib.shape_fields(json.loads(json.dumps(config.to_dict()))) == fields
+  assert "attention_impl" not in fields  # a runtime choice, not the checkpoint's shape

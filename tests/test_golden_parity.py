@@ -39,7 +39,7 @@ def _labels(tokens):
 def test_truncated_backprop_loss_and_every_gradient(tiny_model, golden):
   config, params = tiny_model
   tokens = golden["tokens"]
-  loss = jax.jit(jax.value_and_grad(functools.partial(hj.loss, config=config, num_steps=(3, 2))))
+  loss = jax.jit(jax.value_and_grad(functools.partial(hj.loss, config=config, depth=(3, 2))))
   value, grads = loss(params, tokens, _labels(tokens), initial_state=jnp.asarray(golden["input_states"]))
   assert abs(float(value) - float(golden["train_loss_n3_k2"])) / float(golden["train_loss_n3_k2"]) < TOL
   checked = 0
@@ -57,12 +57,12 @@ def test_traced_grad_steps_equal_static(tiny_model, golden):
   """A traced k (masked scan of static length) gives the same loss and gradient as a Python int k."""
   config, params = tiny_model
   tokens, state = golden["tokens"], jnp.asarray(golden["input_states"])
-  static = jax.jit(jax.grad(functools.partial(hj.loss, config=config, num_steps=(3, 2))))(
+  static = jax.jit(jax.grad(functools.partial(hj.loss, config=config, depth=(3, 2))))(
       params, tokens, _labels(tokens), initial_state=state)
 
   @jax.jit
   def traced(params, n, k):
-    return jax.grad(hj.loss)(params, tokens, _labels(tokens), config=config, num_steps=(n, k), initial_state=state,
+    return jax.grad(hj.loss)(params, tokens, _labels(tokens), config=config, depth=(n, k), initial_state=state,
                              max_grad_steps=4)
 
   dynamic = traced(params, jnp.int32(3), jnp.int32(2))

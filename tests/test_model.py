@@ -43,3 +43,41 @@ def test_weight_gradients_add_up_in_float32(mixed):
   exact = _grad(hj.get_config("tiny", param_dtype="float32", compute_dtype="float32"))(params)
   a, b = grads["core"]["adapter"], exact["core"]["adapter"]
   assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.1
+
+
+class _FreezeRowOneAfterOneStep:
+  """A StepObserver: row 1 stops after one iteration, and the loop after three."""
+
+  def init(self, s0):
+    return jnp.int32(0)
+
+  def running(self, done):
+    return jnp.stack([jnp.bool_(True), done < 1])
+
+  def update(self, done, step, s, cache):
+    return done + 1, cache
+
+  def finished(self, done):
+    return done >= 3
+
+
+def test_iterate_with_an_observer_freezes_rows_and_stops_early():
+  from huginn_jax import api
+  from huginn_jax.model import iterate
+  config = hj.get_config("tiny")
+  params = hj.init(config, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, config.vocab_size, (2, 8)), jnp.int32)
+
+  @jax.jit
+  def run(params):
+    model = api.model_from_params(params, config)
+    p = api.prepare(model, tokens, init_scale=0.0)
+    loop = lambda n, **kw: iterate(model.core, p.state, p.e, p.positions, p.mask, n, **kw)  # noqa: E731
+    return loop(10, observer=_FreezeRowOneAfterOneStep()), loop(1).state, loop(3).state
+
+  watched, one, three = run(params)
+  assert int(watched.observed) == 3
+  np.testing.assert_allclose(watched.state[0], three[0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(watched.state[1], one[1], rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="observer runs a while loop"):
+    iterate(None, jnp.zeros((1, 1, 2)), None, None, None, 1, max_steps=2, observer=_FreezeRowOneAfterOneStep())

@@ -76,3 +76,46 @@ def test_single_host_does_not_initialize_distributed(monkeypatch):
     monkeypatch.delenv(var, raising=False)
   assert sharding.maybe_initialize_distributed("auto") is False
   assert sharding.maybe_initialize_distributed(False) is False
+
+
+def _constraint_specs(jaxpr) -> set:
+  from jaxpr_walk import eqns
+  return {tuple(eqn.params["sharding"].spec) for eqn, _ in eqns(jaxpr) if eqn.primitive.name == "sharding_constraint"}
+
+
+def test_model_constrains_its_activations_at_the_logical_rule_names():
+  import jax.numpy as jnp
+  import numpy as np
+  config = hj.get_config("tiny")
+  params = hj.init(config, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (4, 16)), jnp.int32)
+  run = lambda p: hj.forward(p, tokens, config=config, num_steps=2, init_scale=0.0).logits  # noqa: E731
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+
+  def constrained(p):  # the context is entered inside the traced function, as the train step does
+    with sharding.activation_sharding(mesh, sharding.rules_table({"act_mlp": None})):
+      return run(p)
+
+  assert not _constraint_specs(jax.make_jaxpr(run)(params).jaxpr)  # no mesh active: no constraint
+  specs = _constraint_specs(jax.make_jaxpr(constrained)(params).jaxpr)
+  sharded = jax.jit(constrained)(params)
+  batch = ("data", "fsdp")
+  assert (batch, None, None) in specs  # act_embed: the embedding, block outputs, the recurrent state
+  assert (batch, None, "tensor", None) in specs  # act_heads: q, k, v and the attention output
+  assert (batch, None, "tensor") in specs  # act_vocab: the logits
+  assert (batch, None, None) in specs and len(specs) == 3  # act_mlp overridden to None: the MLP hidden is (batch,)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(jax.jit(run)(params)), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_axis_that_does_not_divide_is_an_error():
+  import jax.numpy as jnp
+  config = hj.get_config("tiny")
+  params = hj.init(config, jax.random.key(0))
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 8})  # 4 heads cannot be split 8 ways
+
+  def constrained(p):
+    with sharding.activation_sharding(mesh, sharding.rules_table()):
+      return hj.forward(p, jnp.zeros((1, 8), jnp.int32), config=config, num_steps=1, init_scale=0.0)
+
+  with pytest.raises(ValueError, match=r"logical axis 'act_heads'.* size 4 is not divisible by mesh axis 'tensor'"):
+    jax.make_jaxpr(constrained)(params)

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
   from huginn_jax.training import state as state_lib
   from huginn_jax.training import step as step_lib
 
-  axes = ("data", "fsdp", "tensor")
+  axes = sharding_lib.MESH_AXES
   if args.cpu:
     mesh = jax.make_mesh(shape, axes, axis_types=(jax.sharding.AxisType.Auto,) * 3)
   else:

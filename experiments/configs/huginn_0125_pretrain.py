@@ -12,8 +12,7 @@ from huginn_jax.training.config import get_train_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.model = hj.get_config("huginn-0125", param_dtype="float32", compute_dtype="bfloat16",
-                               remat_policy="nothing_saveable")
+  config.model = hj.get_config("huginn-0125", param_dtype="float32", compute_dtype="bfloat16")
   config.train = get_train_config("huginn_0125_pretrain")
   config.train.data.train_files = ("outputs/data/pretrain",)
   config.train.sharding_rules = (("heads", None),)

@@ -12,7 +12,7 @@ from huginn_jax.training.config import get_train_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.model = hj.get_config("tiny", remat_policy="none")
+  config.model = hj.get_config("tiny")
   config.train = get_train_config("tiny_cpu")
   config.train.data.train_files = ("outputs/data/tiny",)
   config.train.workdir = "outputs/tiny_cpu"

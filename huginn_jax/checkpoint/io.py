@@ -122,7 +122,8 @@ def _at(tree, path):
   return tree
 
 
-def save(path, config, params, *, overwrite: bool = False) -> str:
+def save(path: str | os.PathLike, config: ml_collections.ConfigDict, params: dict[str, Any], *,
+         overwrite: bool = False) -> str:
   """Writes (config, params) as an Orbax checkpoint directory, atomically. Returns the path."""
   import orbax.checkpoint as ocp
   with atomic_dir(path, overwrite) as tmp:
@@ -162,7 +163,8 @@ def load_orbax(path, dtype=None, shardings=None):
   return config, _int_keys(restored, abstract)
 
 
-def load(path, dtype=None, shardings=None):
+def load(path: str | os.PathLike, dtype: Any = None,
+         shardings: Any = None) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """``hj.load``: an HF directory (config.json + safetensors or a .pth/.bin) or an Orbax directory of ours."""
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -172,7 +174,8 @@ def load(path, dtype=None, shardings=None):
   return load_hf(path, dtype, shardings)
 
 
-def export_hf(path, config, params, *, dtype=None, max_shard_bytes: int = 5 << 30, overwrite: bool = False,
+def export_hf(path: str | os.PathLike, config: ml_collections.ConfigDict, params: dict[str, Any], *,
+              dtype: Any = None, max_shard_bytes: int = 5 << 30, overwrite: bool = False,
               show_progress: bool = True) -> str:
   """Writes params as an HF directory the original PyTorch code loads: config.json + safetensors (sharded with an
   index above ``max_shard_bytes``), in the original's names and torch layout, streamed one tensor at a time."""

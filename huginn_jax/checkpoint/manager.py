@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from huginn_jax import config as config_lib
+
 STATE, DATA, META = "state", "data", "meta"
 
 
@@ -101,10 +103,9 @@ class TrainCheckpointer:
     where = f"checkpoint step {step} in {self.directory}"
     saved_model = meta.get("model_config")
     if model_config is not None and saved_model is not None:
-      keys = ("vocab_size", "d_model", "n_heads", "head_dim", "intermediate_size", "n_layers_prelude",
-              "n_layers_core", "n_layers_coda", "qk_bias")
-      diff = [f"{k}={saved_model.get(k)!r} there, {model_config.get(k)!r} here" for k in keys
-              if saved_model.get(k) != model_config.get(k)]
+      here = config_lib.shape_fields(model_config)
+      diff = [f"{k}={v!r} there, {here[k]!r} here" for k, v in config_lib.shape_fields(saved_model).items()
+              if v != here[k]]
       if diff:
         raise ValueError(f"{where} was saved for another model shape ({'; '.join(diff)}); use the model config it "
                          "was trained with, or start a fresh run in another workdir.")

@@ -1,5 +1,7 @@
-"""Decoding: KV cache, jitted generation loop, exit criteria, sampling, speculative decoding, the diffusion-style
-sampler, tokenizer and chat."""
+"""Decoding token ids: KV cache, jitted generation loop, exit criteria, sampling, speculative decoding, the
+diffusion-style sampler, teacher-forced scoring.
+
+Text (tokenizer, chat format, the interactive commands) is ``huginn_jax.text``."""
 
 from huginn_jax.decoding.cache import STRATEGIES, cache_bytes, cache_layout, memory_table
 from huginn_jax.decoding.diffusion import FREEZE_STRATEGIES, DiffusionOutput, generate_diffusion

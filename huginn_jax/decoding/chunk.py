@@ -1,26 +1,26 @@
 """One forward pass of a chunk of tokens against the KV cache: a prompt, one decoded token, or a draft to verify.
 
-It uses the model's own pieces (``Attention.qkv``/``out``, ``dot_product_attention``, ``SandwichBlock.mlp_part``,
-norms, ``Core.inject``, ``Huginn.embed``), so the math is that of ``forward``; only the keys and values come from
-the cache. Each layer first writes its new keys/values into its cache slot, then attends over the whole slot
-with a mask (causal, and for core slots: only tokens that wrote the slot), so shapes stay static.
+The model's own code runs the chunk (``Huginn.run_prelude``, ``iterate``, ``Huginn.head``); this module only tells
+each layer where its keys and values live (``ChunkSlots``) and, with an exit criterion, watches the recurrence
+(``ExitObserver``). Each layer first writes its new keys/values into its cache slot, then attends over the whole
+slot with a mask (causal, and for core slots: only tokens that wrote the slot), so shapes stay static.
 
-The core runs in a ``lax.while_loop`` of at most ``num_steps`` iterations. With an exit criterion every row
-stops on its own: once it exits, its state, its cache entries and its iteration count are frozen (the row is
-decoded as if it were alone in the batch), and the loop ends when every row has exited.
+The core runs at most ``num_steps`` iterations. With an exit criterion every row stops on its own: once it exits,
+its state, its cache entries and its iteration count are frozen (the row is decoded as if it were alone in the
+batch), and the loop ends when every row has exited.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from huginn_jax.decoding import cache as cache_lib
 from huginn_jax.decoding.exit_criteria import ExitCriterion
-from huginn_jax.layers import dot_product_attention
-from huginn_jax.model import Huginn
+from huginn_jax.model import Huginn, iterate
 
 Array = jax.Array
 
@@ -33,36 +33,103 @@ class ChunkOutput(NamedTuple):
   cache: cache_lib.KVCache
 
 
-def _cached_block(block, x, positions, cache, slot, start, gate, mask, read=None):
-  """A SandwichBlock whose attention writes its keys/values to ``slot`` and reads them back from the cache."""
-  q, k, v = block.attn.qkv(block.norm_1(x), positions)
-  cache = cache_lib.write_kv(cache, slot, start, k, v, gate)
-  keys, values = read(cache) if read is not None else cache_lib.read_slot(cache, slot)
-  y = dot_product_attention(q, keys, values, mask[:, None], block.attn.impl)
-  x = block.norm_2(x + block.attn.out(y))
-  return block.mlp_part(x), cache
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+  """A ``layers.KVSlot``: one cache slot written at the chunk's positions and read back whole."""
+
+  slot: Any  # int or traced int32
+  chunk: "ChunkSlots"
+  core: tuple | None = None  # (step, j) for a core layer: read per the strategy, mask by which tokens wrote it
+
+  def update(self, cache: cache_lib.KVCache, k: Array, v: Array):
+    c = self.chunk
+    cache = cache_lib.write_kv(cache, self.slot, c.start, k, v, c.gate)
+    if self.core is None:
+      keys, values = cache_lib.read_slot(cache, self.slot)
+      mask = c.causal
+    else:
+      keys, values = cache_lib.read_core_kv(cache, c.layout, *self.core, c.seen)
+      mask = c.causal & cache_lib.core_visible(c.layout, cache.depth, self.slot, c.seen)[:, None, :]
+    return cache, keys, values, mask[:, None]
 
 
-def _gather_last(x: Array, last: Array) -> Array:
-  """x [B, C, ...] at position last[b] of each row -> [B, ...]."""
-  return jnp.take_along_axis(x, last.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+@dataclasses.dataclass(frozen=True)
+class ChunkSlots:
+  """The ``model.CacheSlots`` of a chunk at positions start[b] + (0..C-1): the slot of every layer by ``layout``."""
+
+  layout: cache_lib.CacheLayout
+  start: Array  # [B]
+  length: int
+  causal: Array  # [B, C, T] causal visibility of the cache positions
+  seen: Array  # [B] positions in the cache once this chunk is written (the lookup rules look at them all)
+  gate: Array  # [B] rows that compute
+
+  def prelude(self, i: int) -> _Slot:
+    return _Slot(self.layout.prelude_slot(i), self)
+
+  def core(self, step, j: int) -> _Slot:
+    return _Slot(self.layout.core_slot(step, j), self, (step, j))
+
+  def coda(self, i: int) -> _Slot:
+    return _Slot(self.layout.coda_slot(i), self)
+
+  def enter_step(self, cache: cache_lib.KVCache, step) -> cache_lib.KVCache:
+    return cache_lib.set_depth(cache, self.start, self.length, step + 1, self.gate)
+
+  def gated(self, gate: Array) -> "ChunkSlots":
+    return dataclasses.replace(self, gate=gate)
 
 
-def _head(model: Huginn, layout, cache, state, positions, start, gate, causal, last, all_logits: bool):
-  """ln_f -> coda (cached) -> ln_f -> tied head. Returns (latents after the first ln_f, logits, cache)."""
-  latents = model.ln_f(state)
-  x = latents
-  for i, block in enumerate(model.coda):
-    x, cache = _cached_block(block, x, positions, cache, layout.coda_slot(i), start, gate, causal)
-  x = model.ln_f(x)
-  if not all_logits:
-    x = _gather_last(x, last)
-  logits = x @ model.wte[...].astype(x.dtype).T
-  return latents, logits.astype(jnp.float32), cache
+class ExitState(NamedTuple):
+  exited: Array  # [B] bool
+  steps: Array  # [B] int32 iterations each row ran (num_steps until it exits)
+  criterion: Any  # the criterion's own state
+  logits: Array | None  # [B, V] logits of each row's exit step (logit criteria), else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitObserver:
+  """A ``model.StepObserver`` that tests ``criterion`` after each iteration and freezes the rows that exit.
+
+  Logit criteria decode the state through the head (writing the coda's cache slots) and, with ``keep_logits``,
+  carry each row's exit-step logits out of the loop, so the head need not run again.
+  """
+
+  model: Huginn
+  slots: ChunkSlots
+  positions: Array
+  criterion: ExitCriterion
+  threshold: Array
+  num_steps: int
+  valid: Array  # [B, C]
+  last: Array  # [B]
+  keep_logits: bool
+
+  def init(self, s0: Array) -> ExitState:
+    active, batch, vocab = self.slots.gate, s0.shape[0], self.model.config.vocab_size
+    logits = jnp.zeros((batch, vocab), jnp.float32) if self.keep_logits else None
+    return ExitState(~active, jnp.where(active, jnp.int32(self.num_steps), 0),
+                     self.criterion.init(batch, vocab, s0), logits)
+
+  def running(self, st: ExitState) -> Array:
+    return ~st.exited
+
+  def update(self, st: ExitState, step: Array, s: Array, cache):
+    running = ~st.exited
+    logits = None
+    if self.criterion.needs_logits:
+      _, logits, cache = self.model.head(s, self.positions, None, cache, self.slots.gated(running), last=self.last)
+    crit, values = self.criterion.update(st.criterion, latents=s, logits=logits, valid=self.valid)
+    new_exit = self.criterion.exits(values, self.threshold) & running
+    kept = jnp.where(running[:, None], logits, st.logits) if self.keep_logits else None
+    return ExitState(st.exited | new_exit, jnp.where(new_exit, step + 1, st.steps), crit, kept), cache
+
+  def finished(self, st: ExitState) -> Array:
+    return jnp.all(st.exited)
 
 
 def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVCache, tokens: Array, start: Array,
-              *, num_steps, active: Array, valid: Array | None = None, last: Array | None = None,
+              *, num_steps: int, active: Array, valid: Array | None = None, last: Array | None = None,
               init_state: Array | None = None, key: Array | None = None, init_scale: float = 0.0,
               criterion: ExitCriterion | None = None, threshold: Array | None = None,
               all_logits: bool = False, embed_mix: Callable[[Array], Array] | None = None) -> ChunkOutput:
@@ -80,62 +147,27 @@ def run_chunk(model: Huginn, layout: cache_lib.CacheLayout, cache: cache_lib.KVC
   causal = jnp.arange(max_len)[None, None, :] <= positions[:, :, None]  # [B, C, T]
   valid = jnp.ones((batch, length), bool) if valid is None else valid
   last = jnp.full((batch,), length - 1, jnp.int32) if last is None else last
+  slots = ChunkSlots(layout, start, length, causal, start + length, active)
 
-  x = model.embed(tokens)
-  for i, block in enumerate(model.prelude):
-    x, cache = _cached_block(block, x, positions, cache, layout.prelude_slot(i), start, active, causal)
-  e = x if embed_mix is None else embed_mix(x)
+  e, cache = model.run_prelude(tokens, positions, None, cache, slots)
+  e = e if embed_mix is None else embed_mix(e)
   if init_state is None:
     s0 = model.initial_state(e, key, init_scale)
   else:
     s0 = jnp.broadcast_to(init_state.astype(e.dtype), e.shape)
 
-  seen = start + length  # positions in the cache once this chunk is written (the lookup rules look at them all)
-
-  def core_step(step, s, cache, running):
-    cache = cache_lib.set_depth(cache, start, length, step + 1, running)
-    h = model.core.inject(s, e)
-    for j, block in enumerate(model.core.layers):
-      slot = layout.core_slot(step, j)
-      mask = causal & cache_lib.core_visible(layout, cache.depth, slot, seen)[:, None, :]
-      read = lambda c, j=j: cache_lib.read_core_kv(c, layout, step, j, seen)  # noqa: E731
-      h, cache = _cached_block(block, h, positions, cache, slot, start, running, mask, read)
-    return jnp.where(running[:, None, None], h, s), cache
-
-  if criterion is None:
-    def body(step, carry):
-      s, cache = carry
-      return core_step(step, s, cache, active)
-    s, cache = jax.lax.fori_loop(0, num_steps, body, (s0, cache))
+  observer = None
+  if criterion is not None:
+    observer = ExitObserver(model, slots, positions, criterion, threshold, num_steps, valid, last,
+                            keep_logits=criterion.needs_logits and not all_logits and num_steps > 0)
+  s, cache, observed = iterate(model.core, s0, e, positions, None, num_steps, cache=cache, slots=slots,
+                               observer=observer)
+  if observer is None:
     steps = jnp.where(active, jnp.asarray(num_steps, jnp.int32), 0)
   else:
-    # Logit criteria carry the logits of each row's exit step out of the loop, so the head need not run again.
-    carry_logits = criterion.needs_logits and not all_logits and num_steps > 0
-    logits0 = jnp.zeros((batch, model.config.vocab_size), jnp.float32) if carry_logits else None
-    crit_state = criterion.init(batch, model.config.vocab_size, s0)
-    carry = (jnp.int32(0), s0, cache, ~active, jnp.where(active, jnp.int32(num_steps), 0), crit_state, logits0)
+    steps = observed.steps
+    if observer.keep_logits:
+      return ChunkOutput(logits=observed.logits, latents=model.ln_f(s), state=s, steps=steps, cache=cache)
 
-    def cond(carry):
-      step, _, _, exited, *_ = carry
-      return (step < num_steps) & ~jnp.all(exited)
-
-    def body(carry):
-      step, s, cache, exited, steps, crit_state, kept = carry
-      running = ~exited
-      s_new, cache = core_step(step, s, cache, running)
-      logits = None
-      if criterion.needs_logits:
-        _, logits, cache = _head(model, layout, cache, s_new, positions, start, running, causal, last, False)
-      crit_state, values = criterion.update(crit_state, latents=s_new, logits=logits, valid=valid)
-      new_exit = criterion.exits(values, threshold) & running
-      steps = jnp.where(new_exit, step + 1, steps)
-      if carry_logits:
-        kept = jnp.where(running[:, None], logits, kept)
-      return step + 1, s_new, cache, exited | new_exit, steps, crit_state, kept
-
-    _, s, cache, _, steps, _, kept = jax.lax.while_loop(cond, body, carry)
-    if carry_logits:
-      return ChunkOutput(logits=kept, latents=model.ln_f(s), state=s, steps=steps, cache=cache)
-
-  latents, logits, cache = _head(model, layout, cache, s, positions, start, active, causal, last, all_logits)
+  latents, logits, cache = model.head(s, positions, None, cache, slots, last=None if all_logits else last)
   return ChunkOutput(logits=logits, latents=latents, state=s, steps=steps, cache=cache)

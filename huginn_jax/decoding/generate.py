@@ -63,6 +63,21 @@ class DecodeSpec:
   stream: bool
 
 
+class DecodeState(NamedTuple):
+  """The carry of the token-by-token loop (the speculative loop's is ``SpecState``)."""
+
+  index: Array  # scalar int32: the next new token's index
+  tokens: Array  # [B, N] new tokens so far (pad beyond count)
+  steps: Array  # [B, N] core iterations behind each
+  count: Array  # [B] new tokens per row so far
+  last: Array  # [B] the last new token, not yet run through the model
+  pos: Array  # [B] its position
+  done: Array  # [B] rows that produced a stop id
+  cache: cache_lib.KVCache
+  warm: Array  # [B, 1, d] the previous token's final state (continuous compute)
+  seen: Array | None  # [B, V] token ids seen (repetition penalty) or None
+
+
 class DecodeArgs(NamedTuple):
   exit_threshold: Array
   sampling: sampling.SamplingParams
@@ -184,32 +199,34 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
   else:
     tokens = jnp.full((batch, n_new), pad, jnp.int32).at[:, 0].set(first)
     steps = jnp.zeros((batch, n_new), jnp.int32).at[:, 0].set(out.steps)
-    carry = (jnp.int32(1), tokens, steps, jnp.ones((batch,), jnp.int32), first, lengths, done, out.cache,
-             warm_start(out, lengths - 1), seen)
+    state = DecodeState(jnp.int32(1), tokens, steps, jnp.ones((batch,), jnp.int32), first, lengths, done, out.cache,
+                        warm_start(out, lengths - 1), seen)
 
-    def cond(carry):
-      i, done = carry[0], carry[6]
-      return (i < n_new) & ~jnp.all(done)
+    def cond(st: DecodeState):
+      return (st.index < n_new) & ~jnp.all(st.done)
 
-    def body(carry):
-      i, tokens, steps, count, last, pos, done, cache, warm, seen = carry
-      active = ~done
-      out = run_chunk(model, spec.layout, cache, last[:, None], pos, num_steps=spec.num_steps, active=active,
-                      init_state=warm if spec.continuous else None, key=jax.random.fold_in(k_init, i),
-                      init_scale=spec.init_scale, criterion=criterion, threshold=args.exit_threshold)
-      tok = jnp.where(active, choose(out.logits, jax.random.fold_in(k_sample, i), seen), pad)
+    def body(st: DecodeState):
+      active = ~st.done
+      out = run_chunk(model, spec.layout, st.cache, st.last[:, None], st.pos, num_steps=spec.num_steps,
+                      active=active, init_state=st.warm if spec.continuous else None,
+                      key=jax.random.fold_in(k_init, st.index), init_scale=spec.init_scale, criterion=criterion,
+                      threshold=args.exit_threshold)
+      tok = jnp.where(active, choose(out.logits, jax.random.fold_in(k_sample, st.index), st.seen), pad)
       if emit is not None:
         emit(tok[:, None], active.astype(jnp.int32))
-      tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
-      steps = jax.lax.dynamic_update_slice(steps, jnp.where(active, out.steps, 0)[:, None], (0, i))
+      seen = st.seen
       if seen is not None:
         seen = sampling.mark_seen(seen, tok[:, None], active[:, None])
-      warm = jnp.where(active[:, None, None], warm_start(out, jnp.zeros_like(pos)), warm)
-      done = done | is_stop(tok, args.stop_ids)
-      return (i + 1, tokens, steps, count + active, jnp.where(active, tok, last), pos + active, done, out.cache,
-              warm, seen)
+      return DecodeState(
+          index=st.index + 1,
+          tokens=jax.lax.dynamic_update_slice(st.tokens, tok[:, None], (0, st.index)),
+          steps=jax.lax.dynamic_update_slice(st.steps, jnp.where(active, out.steps, 0)[:, None], (0, st.index)),
+          count=st.count + active, last=jnp.where(active, tok, st.last), pos=st.pos + active,
+          done=st.done | is_stop(tok, args.stop_ids), cache=out.cache,
+          warm=jnp.where(active[:, None, None], warm_start(out, jnp.zeros_like(st.pos)), st.warm), seen=seen)
 
-    _, tokens, steps, count, *_ = jax.lax.while_loop(cond, body, carry)
+    final = jax.lax.while_loop(cond, body, state)
+    tokens, steps, count = final.tokens, final.steps, final.count
 
   base = jnp.where(valid, prompt, pad)
   sequences = jnp.concatenate([base, jnp.full((batch, n_new), pad, jnp.int32)], axis=1)
@@ -220,7 +237,8 @@ def _generate_impl(params, prompt: Array, lengths: Array, key: Array | None, arg
 _generate_jit = jax.jit(_generate_impl, static_argnames=("config", "spec"))
 
 
-def generate(params, prompt_ids, *, config, max_new_tokens: int, num_steps: int | None = None,
+def generate(params: dict, prompt_ids: Array | Sequence[Sequence[int]], *, config: ml_collections.ConfigDict,
+             max_new_tokens: int, num_steps: int | None = None,
              key: Array | None = None, init_scale: float = 1.0, cache: str = "full",
              exit_criterion: str | None = None, exit_threshold: float | None = None, continuous: bool = False,
              draft_steps: int | None = None, lookahead: int | None = None, verification_threshold: float = 1.0,

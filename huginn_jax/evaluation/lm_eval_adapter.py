@@ -65,8 +65,8 @@ def _right_padded(rows: Sequence[Sequence[int]], n_rows: int, width: int) -> np.
 def _jitted_forward(config, num_steps: int):
   """One compiled scorer per (config, iterations), shared by adapters (e.g. one per r in a sweep)."""
   import jax
-  import huginn_jax as hj
-  return jax.jit(functools.partial(hj.forward, config=config, num_steps=num_steps, init_scale=0.0))
+  from huginn_jax.api import forward
+  return jax.jit(functools.partial(forward, config=config, num_steps=num_steps, init_scale=0.0))
 
 
 def _batch_size_arg(value, default: int) -> int:
@@ -125,12 +125,12 @@ class HuginnLM(_Base):
     ``add_bos_token`` every context starts with ``<|begin_text|>`` (when the vocabulary has it). ``device`` and
     ``trust_remote_code`` are accepted so the original's hf recipe carries over; JAX picks the device.
     """
-    import huginn_jax as hj
-    from huginn_jax.decoding.tokenizer import Tokenizer
+    from huginn_jax.checkpoint.io import load
+    from huginn_jax.text.tokenizer import Tokenizer
     if num_steps is not None and mean_recurrence is not None and int(num_steps) != int(mean_recurrence):
       raise ValueError(f"num_steps={num_steps} and mean_recurrence={mean_recurrence} disagree; give one of them.")
     steps = num_steps if num_steps is not None else mean_recurrence
-    config, params = hj.load(str(pretrained), dtype=dtype)
+    config, params = load(str(pretrained), dtype=dtype)
     tok = Tokenizer.from_file(tokenizer or pretrained)
     if tok.vocab_size > config.vocab_size:
       raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}; pass "
@@ -175,7 +175,7 @@ class HuginnLM(_Base):
 
   def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
     """Huginn's chat text (BOS, headers, end-of-turn tokens) of the few-shot / system / user messages."""
-    from huginn_jax.decoding.tokenizer import render_chat
+    from huginn_jax.text.tokenizer import render_chat
     return render_chat(chat_history, add_generation_prompt)
 
   # --- iterations spent, per task ---------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class HuginnLM(_Base):
     draws from one key per batch instead of one per request.
     """
     import jax
-    import huginn_jax as hj
+    from huginn_jax.decoding.generate import generate
     prompts, stops, groups = [], [], {}
     for i, req in enumerate(requests):
       context, gen_kwargs = req.args
@@ -354,7 +354,7 @@ class HuginnLM(_Base):
       filled = rows + rows[:1] * (min(_pow2_at_least(len(rows)), size) - len(rows))
       lengths = np.array([len(prompts[i]) for i in filled], np.int32)
       batch = _right_padded([prompts[i] for i in filled], len(filled), width)
-      out = hj.generate(self.params, batch, prompt_lengths=lengths, config=self.config, max_new_tokens=max_new,
+      out = generate(self.params, batch, prompt_lengths=lengths, config=self.config, max_new_tokens=max_new,
                         num_steps=self.num_steps, init_scale=0.0, temperature=temperature, key=jax.random.key(0),
                         stop_ids=self.stop_ids, cache=self.cache, exit_criterion=self.exit_criterion,
                         exit_threshold=self.exit_threshold)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,9 @@ import numpy as np
 
 from huginn_jax import api
 from huginn_jax.decoding.exit_criteria import kl_divergence
+from huginn_jax.model import iterate
+
+Array = jax.Array
 
 
 def predictions_by_steps(params, config, inputs: np.ndarray, steps: Sequence[int]) -> dict[int, np.ndarray]:
@@ -30,29 +34,49 @@ def accuracy_by_steps(params, config, inputs: np.ndarray, labels: np.ndarray, st
   return out
 
 
-def exit_steps_by_threshold(params, inputs: jax.Array, *, config, max_steps: int,
-                             thresholds: Sequence[float]) -> jax.Array:
+class _KLExit(NamedTuple):
+  prev_logp: Array  # [B, S, V] next-token log-distribution after the previous iteration (uniform at first)
+  exited: Array  # [T, B, S] int32: the iteration (1-based) each position first met threshold T, 0 if not yet
+
+
+@dataclasses.dataclass(frozen=True)
+class _KLExitObserver:
+  """A ``model.StepObserver`` decoding every position after every iteration and recording, per threshold, when
+  the KL between consecutive next-token distributions first falls below it."""
+
+  model: Any
+  prepared: api.Prepared
+  thresholds: tuple[float, ...]
+
+  def init(self, s0: Array) -> _KLExit:
+    vocab = self.model.config.vocab_size
+    return _KLExit(jnp.full(s0.shape[:2] + (vocab,), -jnp.log(vocab), jnp.float32),
+                   jnp.zeros((len(self.thresholds),) + s0.shape[:2], jnp.int32))
+
+  def running(self, observed: _KLExit) -> None:
+    return None
+
+  def update(self, observed: _KLExit, step: Array, s: Array, cache):
+    logp = jax.nn.log_softmax(self.model.head(s, self.prepared.positions, self.prepared.mask)[1], axis=-1)
+    kl = kl_divergence(observed.prev_logp, logp)
+    below = kl[None] < jnp.asarray(self.thresholds, jnp.float32)[:, None, None]
+    exited = jnp.where((observed.exited == 0) & below, step + 1, observed.exited)
+    return _KLExit(logp, exited), cache
+
+  def finished(self, observed: _KLExit) -> Array:
+    return jnp.all(observed.exited > 0)
+
+
+def exit_steps_by_threshold(params, inputs: Array, *, config, max_steps: int, thresholds: Sequence[float]) -> Array:
   """Per threshold and position, the first iteration at which KL(previous || current) of the next-token
   distribution falls below the threshold (the original's ``kl`` exit rule, previous starting uniform);
-  ``max_steps`` if it never does. Traceable (jit / vmap it over models): int32 [len(thresholds), B, S].
-
-  Runs the recurrence once, decoding every position after every iteration.
-  """
-  limits = jnp.asarray(thresholds, jnp.float32)[:, None, None]
+  ``max_steps`` if it never does. One run of the recurrence (zero initial state) serves every threshold; traceable
+  (jit it, or vmap it over several models' params): int32 [len(thresholds), B, S]."""
   model = api.model_from_params(params, config)
-  e, s, positions, mask = api.prepare(model, inputs, None, None, None, None, 0.0)
-
-  def body(carry, step):
-    s, prev_logp, exited = carry
-    s = model.core(s, e, positions, mask)
-    logp = jax.nn.log_softmax(model.head(s, positions, mask)[1], axis=-1)
-    kl = kl_divergence(prev_logp, logp)
-    exited = jnp.where((exited == 0) & (kl < limits), step, exited)
-    return (s, logp, exited), None
-
-  uniform = jnp.full(inputs.shape + (config.vocab_size,), -jnp.log(config.vocab_size), jnp.float32)
-  never = jnp.zeros((len(thresholds),) + inputs.shape, jnp.int32)
-  (_, _, exited), _ = jax.lax.scan(body, (s, uniform, never), jnp.arange(1, max_steps + 1))
+  prepared = api.prepare(model, inputs, init_scale=0.0)
+  observer = _KLExitObserver(model, prepared, tuple(float(t) for t in thresholds))
+  exited = iterate(model.core, prepared.state, prepared.e, prepared.positions, prepared.mask, max_steps,
+                   observer=observer).observed.exited
   return jnp.where(exited == 0, max_steps, exited)
 
 

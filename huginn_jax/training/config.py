@@ -15,8 +15,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from huginn_jax import config as model_config_lib
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from huginn_jax.model import REMAT_POLICIES
+from huginn_jax.training.sampler import SAMPLERS
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -33,7 +33,8 @@ def _base() -> ml_collections.ConfigDict:
   c.sampler_sigma = 0.5
   c.depth_sampler = "poisson_lognormal"  # the original's; "fixed" runs exactly mean_recurrence iterations
   c.init_scale = 1.0  # std multiplier of the random initial latent state (0 = zeros)
-  c.remat_policy = "nothing_saveable"  # jax.checkpoint policy of each gradient iteration ("none" disables)
+  # jax.checkpoint policy of each gradient iteration ("none" disables); the one home of this setting in training
+  c.remat_policy = "nothing_saveable"
   c.loss_chunk = 1024  # positions per chunk of the vocabulary projection + cross-entropy (0: all at once)
   c.init_from = config_dict.placeholder(str)  # a checkpoint to fine-tune from (HF dir or our Orbax dir)
   c.workdir = "outputs/run"
@@ -173,8 +174,10 @@ def validate(train: ml_collections.ConfigDict, model: ml_collections.ConfigDict)
   if not isinstance(train.loss_chunk, int) or train.loss_chunk < 0:
     raise ValueError(f"train.loss_chunk must be a number of positions >= 0 (0 = no chunking), got "
                      f"{train.loss_chunk!r}.")
-  if train.depth_sampler not in ("poisson_lognormal", "fixed"):
-    raise ValueError(f"train.depth_sampler must be 'poisson_lognormal' or 'fixed', got {train.depth_sampler!r}.")
+  if train.depth_sampler not in SAMPLERS:
+    raise ValueError(f"train.depth_sampler must be one of {SAMPLERS}, got {train.depth_sampler!r}.")
+  if train.remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"train.remat_policy must be one of {sorted(REMAT_POLICIES)}, got {train.remat_policy!r}.")
   if train.checkpoint.every <= 0 or train.checkpoint.keep <= 0:
     raise ValueError("train.checkpoint.every and train.checkpoint.keep must be positive.")
   if train.data.format not in ("parquet", "arrayrecord"):

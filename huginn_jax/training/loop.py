@@ -44,12 +44,6 @@ class TrainResult:
   mesh: Any
 
 
-def _shape_fields(config) -> dict:
-  keys = ("vocab_size", "d_model", "n_heads", "head_dim", "intermediate_size", "n_layers_prelude", "n_layers_core",
-          "n_layers_coda", "qk_bias")
-  return {k: config[k] for k in keys}
-
-
 def _checkpoint_config(path: str):
   """The model config stored with a checkpoint (HF or ours), without loading the weights."""
   from huginn_jax.checkpoint import hf, io
@@ -62,14 +56,14 @@ def _checkpoint_config(path: str):
 
 def load_finetune_params(path: str, model_config, shardings):
   """Params of a converted (or HF) checkpoint, placed straight into ``shardings`` in the model's param dtype."""
-  import huginn_jax as hj
+  from huginn_jax.checkpoint.io import load
   saved = _checkpoint_config(path)
-  diff = {k: (v, model_config[k]) for k, v in _shape_fields(saved).items() if model_config[k] != v}
+  diff = {k: (v, model_config[k]) for k, v in model_config_lib.shape_fields(saved).items() if model_config[k] != v}
   if diff:
     raise ValueError(f"train.init_from {path} has another model shape than the model config: "
                      + ", ".join(f"{k}={a} there vs {b} here" for k, (a, b) in diff.items())
                      + "; take the model config from the checkpoint (e.g. hj.get_config('huginn-0125')).")
-  _, params = hj.load(path, dtype=model_config.param_dtype, shardings=shardings)
+  _, params = load(path, dtype=model_config.param_dtype, shardings=shardings)
   return params
 
 

@@ -7,9 +7,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from huginn_jax import api
+from huginn_jax import sharding as sharding_lib
 
 
 class TrainState(NamedTuple):
@@ -30,7 +31,7 @@ def abstract_state(model_config, optimizer: optax.GradientTransformation) -> Tra
 def state_shardings(model_config, optimizer: optax.GradientTransformation, mesh: Mesh, param_shardings) -> TrainState:
   """Shardings of the train state: optimizer moments like their params, counters replicated."""
   abstract = abstract_state(model_config, optimizer)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  replicated = sharding_lib.replicated(mesh)
   opt = optax.tree_utils.tree_map_params(optimizer, lambda _, sharding: sharding, abstract.opt_state,
                                          param_shardings, transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=param_shardings, opt_state=opt)

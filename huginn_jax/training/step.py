@@ -60,14 +60,15 @@ def depth_loss(params, inputs: jax.Array, labels: jax.Array, n: jax.Array, k: ja
   s0 = initial_latent(params, model_config, keys, inputs.shape[1], init_scale)
   if constrain is not None:
     s0 = constrain(s0, STATE_AXES, name="initial state")
-  return api.loss(params, inputs, labels, config=model_config, num_steps=(n, k), initial_state=s0,
+  return api.loss(params, inputs, labels, config=model_config, depth=(n, k), initial_state=s0,
                   max_grad_steps=max_grad_steps, remat_policy=remat_policy, loss_chunk=loss_chunk or None)
 
 
 def make_train_step(model_config, train_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, mesh: Mesh | None = None,
                     rules: Mapping[str, Any] | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """The step function of a run; pass ``mesh`` and ``rules`` to constrain activations to the batch sharding."""
+  """The step function of a run; pass ``mesh`` and ``rules`` to constrain the batch and, inside the model, every
+  activation by the logical-axis rules."""
   frozen = ml_collections.FrozenConfigDict(model_config)
   r, k0 = train_config_lib.depth(train_config, model_config)
   sigma, seed = float(train_config.sampler_sigma), int(train_config.seed)
@@ -80,6 +81,10 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
   def train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None = None) -> tuple[TrainState, dict]:
     """``run_seed`` (traced int32) replaces ``train.seed`` for the depth draws and initial states: ``jax.vmap``
     over it (and a leading axis of state and batch) trains several seeds in one program."""
+    with sharding_lib.activation_sharding(mesh, rules):  # the model constrains its activations by the same rules
+      return _train_step(state, batch, run_seed)
+
+  def _train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None) -> tuple[TrainState, dict]:
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")
     labels = constrain(batch["labels"], BATCH_AXES, name="batch labels")
     depth_key, state_key = step_keys(seed if run_seed is None else run_seed, state.step)

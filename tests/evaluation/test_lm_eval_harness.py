@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from huginn_jax import cli
-from huginn_jax.decoding.tokenizer import render_chat
+from huginn_jax.text.tokenizer import render_chat
 from huginn_jax.evaluation.lm_eval_adapter import HuginnLM
 
 TASKS = os.path.join(os.path.dirname(__file__), "tasks")  # --include_path

@@ -86,13 +86,13 @@ def test_gradient_flows_only_through_last_k_iterations(setup):
     model = api.model_from_params(params, config)
     positions = jnp.arange(tokens.shape[1])[None]
     mask = hj.api._attention_mask(*tokens.shape, None)
-    e = model.run_prelude(tokens, positions, mask)
+    e, _ = model.run_prelude(tokens, positions, mask)
     s0 = initial_latent(params, config, keys, tokens.shape[1], 1.0)
-    return iterate(model.core, s0, e, positions, mask, 3)
+    return iterate(model.core, s0, e, positions, mask, 3).state
 
   s3 = jax.lax.stop_gradient(state_after_no_grad_iterations(params))
   ref_value, ref_grads = jax.jit(jax.value_and_grad(
-      lambda p: hj.loss(p, tokens, labels, config=config, num_steps=(0, 2), initial_state=s3,
+      lambda p: hj.loss(p, tokens, labels, config=config, depth=(0, 2), initial_state=s3,
                         remat_policy="none")))(params)
   np.testing.assert_allclose(value, ref_value, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):

@@ -36,7 +36,7 @@ def corpus_files(tmp_path_factory):
 
 
 def test_tiny_model_learns_a_generated_corpus(tmp_path, cache, tiny_model):
-  model = hj.get_config("tiny", remat_policy="none")
+  model = hj.get_config("tiny")
   train = train_config.get_train_config("tiny_cpu", steps=200, seq_len=32, batch_size=8)
   train.log.progress = False
   train.log.every = 25
@@ -117,7 +117,7 @@ def test_kill_and_resume_is_bit_exact_and_resumes_onto_another_mesh(tmp_path, co
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)
 
   # A checkpoint of another model shape is refused, naming the difference.
-  other = hj.get_config("tiny", d_model=128, head_dim=32, remat_policy="none")
+  other = hj.get_config("tiny", d_model=128, head_dim=32)
   with pytest.raises(ValueError, match=r"another model shape \(d_model=64 there, 128 here"):
     loop.train(train, other)
 
@@ -157,7 +157,7 @@ def test_mesh_that_does_not_fit_the_devices_is_a_clear_error(tmp_path, capsys):
 
 def test_finetuning_from_a_checkpoint_of_another_shape_is_a_clear_error(tmp_path, tiny_dir):
   experiment = _quick(tmp_path)
-  experiment.model = hj.get_config("tiny", d_model=32, head_dim=8, remat_policy="none")
+  experiment.model = hj.get_config("tiny", d_model=32, head_dim=8)
   experiment.train.init_from = tiny_dir
   with pytest.raises(ValueError, match=r"another model shape than the model config: d_model=64 there vs 32 here"):
     loop.train(experiment.train, experiment.model, source=counting_corpus(16, SEQ))

@@ -34,9 +34,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-  import huginn_jax as hj
-  from huginn_jax.decoding.tokenizer import Tokenizer
-  config, params = hj.load(args.checkpoint, dtype=args.dtype)
+  from huginn_jax.checkpoint.io import load
+  from huginn_jax.text.tokenizer import Tokenizer
+  config, params = load(args.checkpoint, dtype=args.dtype)
   tokenizer = Tokenizer.from_file(args.tokenizer or args.checkpoint)
   if tokenizer.vocab_size > config.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}; "
@@ -49,9 +49,8 @@ def _generate_text(config, params, tokenizer, ids: list[int], args, out: TextIO,
   import jax
   import numpy as np
 
-  import huginn_jax as hj
-  from huginn_jax.decoding.generate import PAD_ID
-  from huginn_jax.decoding.tokenizer import TextStream
+  from huginn_jax.decoding.generate import PAD_ID, generate
+  from huginn_jax.text.tokenizer import TextStream
 
   room = config.max_seq_len - args.max_new_tokens - (args.lookahead or (8 if args.draft_steps else 0))
   width = min(max(BUCKET * math.ceil(len(ids) / BUCKET), len(ids)), max(room, len(ids)))
@@ -61,7 +60,7 @@ def _generate_text(config, params, tokenizer, ids: list[int], args, out: TextIO,
   stop_ids = tokenizer.stop_ids
   stream = TextStream(tokenizer, lambda piece: (out.write(piece), out.flush()), stop_ids=stop_ids)
   start = time.perf_counter()
-  result = hj.generate(
+  result = generate(
       params, prompt, config=config, prompt_lengths=[len(ids)], max_new_tokens=args.max_new_tokens,
       num_steps=args.num_steps, key=jax.random.key(args.seed), init_scale=args.init_scale, cache=args.cache,
       exit_criterion=args.exit_criterion, exit_threshold=args.exit_threshold, continuous=args.continuous,

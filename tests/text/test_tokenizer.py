@@ -12,8 +12,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import huginn_jax as hj
 from huginn_jax import cli
-from huginn_jax.decoding import tokenizer as tok_lib
-from huginn_jax.decoding.interactive import run_chat
+from huginn_jax.text import tokenizer as tok_lib
+from huginn_jax.text.interactive import run_chat
 
 SPECIALS = ["<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>"]
 
