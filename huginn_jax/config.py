@@ -42,6 +42,11 @@ def _base() -> ml_collections.ConfigDict:
   return c
 
 
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its documented default (the published model's shape, float32)."""
+  return _base()
+
+
 def huginn_0125() -> ml_collections.ConfigDict:
   """The published Huginn-0125 ("nebel-raven-3.5b"): 3,564,976,800 parameters."""
   c = _base()
