@@ -55,8 +55,8 @@ class DivergenceCheck:
     m = ctx.host_metrics()
     saved = self.last_saved()
     resume = (f"the last checkpoint is step {saved}" if saved is not None else "no checkpoint was saved")
-    if not self.skip and not _finite(m["loss"], m["grad_norm"], m["update_norm"]):
-      raise TrainingDiverged(f"step {ctx.step}: the loss ({m['loss']}) or gradients are not finite and "
+    if not self.skip and not _finite(m["loss"], m["grad_norm"]):
+      raise TrainingDiverged(f"step {ctx.step}: the loss ({m['loss']}) or the gradients are not finite and "
                              f"train.optimizer.skip_nonfinite is off, so the params are spoilt; {resume}. Lower "
                              "train.optimizer.lr, turn on skip_nonfinite, or check the data.")
     if self.skip and m["skipped_in_a_row"] >= self.max_in_a_row:

@@ -137,7 +137,8 @@ class RunSetup:
 
 
 def setup(train_config, model_config, *, workdir: str, source=None, devices=None, log=None) -> RunSetup:
-  """Mesh, shardings, optimizer, data iterator, checkpointer and metrics writer of a (validated) run."""
+  """Mesh, shardings, optimizer, checkpointer, data iterator and metrics writer of a (validated) run; refuses a
+  resume whose training config changed a field it must keep (``train_config.RESUME_FIXED``)."""
   is_main = jax.process_index() == 0
   log = log or (lambda s: print(s, flush=True) if is_main else None)
   if train_config.get("compilation_cache_dir"):
@@ -150,7 +151,6 @@ def setup(train_config, model_config, *, workdir: str, source=None, devices=None
   accum = train_config.grad_accum_steps
   batch_shape = (accum, train_config.batch_size // accum, train_config.seq_len)
   batch_sharding = step_lib.batch_sharding(mesh, rules, batch_shape)
-  data_iter = iter(pipeline.from_config(train_config, source))
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   if is_main:
     for path in remove_leftovers(checkpoint_dir):
@@ -158,6 +158,13 @@ def setup(train_config, model_config, *, workdir: str, source=None, devices=None
   checkpointer = TrainCheckpointer(checkpoint_dir, keep=train_config.checkpoint.keep,
                                    async_save=train_config.checkpoint.async_save)
   meta = {"model_config": model_config.to_dict(), "train_config": json.loads(train_config.to_json_best_effort())}
+  latest = checkpointer.latest_step() if train_config.checkpoint.resume else None
+  if latest is not None:  # before the data files are opened: a changed file list is named as such
+    saved = checkpointer.read_meta(latest).get("train_config")
+    if saved is not None:
+      train_config_lib.check_resume_compatible(saved, meta["train_config"],
+                                               f"checkpoint step {latest} in {checkpointer.directory}")
+  data_iter = iter(pipeline.from_config(train_config, source))
   writer = metrics_lib.MetricsWriter(workdir, jsonl=train_config.log.jsonl, tensorboard=train_config.log.tensorboard,
                                      enabled=is_main)
   return RunSetup(train_config, model_config, workdir, log, is_main, mesh, rules, param_shardings, tx, schedule,
@@ -169,11 +176,7 @@ def restore_or_init(run: RunSetup, params=None):
   else ``params``, else ``train.init_from``, else random. Metrics rows after the start step are dropped."""
   train_config, model_config = run.train_config, run.model_config
   latest = run.checkpointer.latest_step() if train_config.checkpoint.resume else None
-  if latest is not None:
-    saved = run.checkpointer.read_meta(latest).get("train_config")
-    if saved is not None:
-      train_config_lib.check_resume_compatible(saved, run.meta["train_config"],
-                                               f"checkpoint step {latest} in {run.checkpointer.directory}")
+  if latest is not None:  # setup checked that the training config may resume it
     abstract = state_lib.with_shardings(state_lib.abstract_state(model_config, run.tx), run.state_shardings)
     state, _ = run.checkpointer.restore(abstract, run.data_iter, step=latest, model_config=model_config.to_dict())
     run.log(f"resumed from {run.checkpointer.directory} at step {latest}")
