@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-_DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = PARAM_DTYPES
 
 
 def _base() -> ml_collections.ConfigDict:

@@ -142,10 +142,22 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
   return config_from_dict(fields, path)
 
 
+def floating_dtype(dtype) -> str:
+  """The name of ``dtype`` if params may be held in it (float32, bfloat16, float16), else a ``ValueError``."""
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError:
+    name = None
+  if name not in config_lib.PARAM_DTYPES:
+    raise ValueError(f"dtype {str(dtype)!r} is not supported for params; choose one of {config_lib.PARAM_DTYPES} "
+                     "(integer and float64 weights are not a Huginn model).")
+  return name
+
+
 def _dtype_override(config, dtype):
   """Params in ``dtype``; activations follow (bf16 weights compute in bf16, as the original does under autocast)."""
   if dtype is not None:
-    config.param_dtype = config.compute_dtype = jnp.dtype(dtype).name
+    config.param_dtype = config.compute_dtype = floating_dtype(dtype)
   return config
 
 
@@ -264,7 +276,7 @@ def export_hf(path, config, params, *, dtype=None, max_shard_bytes: int = 5 << 3
               show_progress: bool = True) -> str:
   """Writes params as an HF directory the original PyTorch code loads: config.json + safetensors (sharded with an
   index above ``max_shard_bytes``), in the original's names and torch layout, streamed one tensor at a time."""
-  out_dtype = np.dtype(jnp.dtype(dtype if dtype is not None else config.param_dtype))
+  out_dtype = np.dtype(jnp.dtype(floating_dtype(dtype if dtype is not None else config.param_dtype)))
   table = hf.rules(config)
   shapes = {r.hf_name: (r.hf_shape, out_dtype) for r in table}
   shapes["freqs_cis"] = (hf.freqs_cis(config).shape, np.dtype(np.float32))
