@@ -176,6 +176,11 @@ def validate(train: ml_collections.ConfigDict, model: ml_collections.ConfigDict)
                      f"{train.loss_chunk!r}.")
   if train.depth_sampler not in ("poisson_lognormal", "fixed"):
     raise ValueError(f"train.depth_sampler must be 'poisson_lognormal' or 'fixed', got {train.depth_sampler!r}.")
+  opt = train.optimizer
+  if not isinstance(opt.lr, (int, float)) or opt.lr <= 0:
+    raise ValueError(f"train.optimizer.lr must be a positive number, got {opt.lr!r}.")
+  if not isinstance(opt.min_lr, (int, float)) or not 0 <= opt.min_lr <= opt.lr:
+    raise ValueError(f"train.optimizer.min_lr must be in [0, lr = {opt.lr}], got {opt.min_lr!r}.")
   if train.checkpoint.every <= 0 or train.checkpoint.keep <= 0:
     raise ValueError("train.checkpoint.every and train.checkpoint.keep must be positive.")
   if train.data.format not in ("parquet", "arrayrecord"):
@@ -250,5 +255,14 @@ def apply_overrides(config: ml_collections.ConfigDict, assignments: list[str]) -
       target = target[part]
     if field not in target:
       raise ValueError(f"override {item!r}: no field {field!r}; known: {sorted(target.keys())}.")
-    target[field] = value if not isinstance(value, list) else tuple(value)
+    value = value if not isinstance(value, list) else tuple(value)
+    current = target[field]
+    if isinstance(current, tuple) and isinstance(value, str):
+      raise ValueError(f"override {item!r}: {key} is a tuple; write it as {key}=({value!r},).")
+    try:
+      target[field] = value
+    except TypeError:
+      expected = type(current).__name__ if current is not None else "value of its declared type"
+      raise ValueError(f"override {item!r}: {key} must be a {expected}, got {value!r} (a {type(value).__name__})."
+                       ) from None
   return config
