@@ -118,8 +118,8 @@ class Checkpointing:
   """Saves every ``every`` steps and at the end (``save`` also on a stop signal); never a non-finite state, so
   keep-K rotation can only drop a good checkpoint for another good one."""
 
-  def __init__(self, checkpointer, data_iter, meta: dict, every: int):
-    self.checkpointer, self.data_iter, self.meta, self.every = checkpointer, data_iter, meta, every
+  def __init__(self, checkpointer, meta: dict, every: int):
+    self.checkpointer, self.meta, self.every = checkpointer, meta, every
     self.last_saved: int | None = checkpointer.latest_step()
 
   def after_step(self, ctx: StepContext) -> None:
@@ -132,5 +132,5 @@ class Checkpointing:
     if not bool(_all_finite(ctx.state.params)):
       raise TrainingDiverged(f"step {ctx.step}: the params are not finite; not saving them (the last checkpoint, "
                              f"step {self.last_saved}, stays). Lower train.optimizer.lr or check the data.")
-    self.checkpointer.save(ctx.step, ctx.state, self.data_iter, self.meta, force=True)
+    self.checkpointer.save(ctx.step, ctx.state, None, self.meta, force=True)  # data position = the step
     self.last_saved = ctx.step

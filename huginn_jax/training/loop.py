@@ -164,7 +164,8 @@ def setup(train_config, model_config, *, workdir: str, source=None, devices=None
     if saved is not None:
       train_config_lib.check_resume_compatible(saved, meta["train_config"],
                                                f"checkpoint step {latest} in {checkpointer.directory}")
-  data_iter = iter(pipeline.from_config(train_config, source))
+  # The data position is a function of the step (pipeline.HostRow): a resume rebuilds it for any process count.
+  data_iter = iter(pipeline.from_config(train_config, source, start_step=latest or 0))
   writer = metrics_lib.MetricsWriter(workdir, jsonl=train_config.log.jsonl, tensorboard=train_config.log.tensorboard,
                                      enabled=is_main)
   return RunSetup(train_config, model_config, workdir, log, is_main, mesh, rules, param_shardings, tx, schedule,
@@ -178,7 +179,7 @@ def restore_or_init(run: RunSetup, params=None):
   latest = run.checkpointer.latest_step() if train_config.checkpoint.resume else None
   if latest is not None:  # setup checked that the training config may resume it
     abstract = state_lib.with_shardings(state_lib.abstract_state(model_config, run.tx), run.state_shardings)
-    state, _ = run.checkpointer.restore(abstract, run.data_iter, step=latest, model_config=model_config.to_dict())
+    state, _ = run.checkpointer.restore(abstract, step=latest, model_config=model_config.to_dict())
     run.log(f"resumed from {run.checkpointer.directory} at step {latest}")
   else:
     if params is None and train_config.init_from:
@@ -223,7 +224,7 @@ def run_steps(run: RunSetup, state, start: int, end: int, callbacks: Sequence[St
   flops_of_step = lambda step: tokens_per_step * metrics_lib.train_flops_per_token(  # noqa: E731
       model_config, seq, *depths[step - start])
   bar = metrics_lib.progress_bar(train_config.steps, start, train_config.log.progress and run.is_main)
-  checkpointing = hooks_lib.Checkpointing(run.checkpointer, run.data_iter, run.meta, train_config.checkpoint.every)
+  checkpointing = hooks_lib.Checkpointing(run.checkpointer, run.meta, train_config.checkpoint.every)
   logging = hooks_lib.MetricsLog(train_config.log.every, train_config.steps, run.writer, bar, flops_of_step,
                                  tokens_per_step,
                                  metrics_lib.peak_flops_per_device(model_config, train_config.log.peak_flops_per_device),
