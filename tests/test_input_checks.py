@@ -28,7 +28,8 @@ def test_labels_outside_the_vocabulary(model):
     jitted = jax.jit(functools.partial(hj.loss, config=config, num_steps=1, init_scale=0.0))
     assert np.isnan(float(jitted(params, tokens, labels)))  # under jit: NaN, never a plausible number
   ok = jnp.array([[1, 2, 3, -100]], jnp.int32)
-  assert np.isfinite(float(jax.jit(functools.partial(hj.loss, config=config, num_steps=1, init_scale=0.0))(params, tokens, ok)))
+  jitted = jax.jit(functools.partial(hj.loss, config=config, num_steps=1, init_scale=0.0))
+  assert np.isfinite(float(jitted(params, tokens, ok)))
   with pytest.raises(ValueError, match="labels must have the shape of token_ids"):
     hj.loss(params, tokens, ok[:, :3], config=config, num_steps=1, init_scale=0.0)
 

@@ -225,10 +225,9 @@ def run_steps(run: RunSetup, state, start: int, end: int, callbacks: Sequence[St
       model_config, seq, *depths[step - start])
   bar = metrics_lib.progress_bar(train_config.steps, start, train_config.log.progress and run.is_main)
   checkpointing = hooks_lib.Checkpointing(run.checkpointer, run.meta, train_config.checkpoint.every)
+  peak = metrics_lib.peak_flops_per_device(model_config, train_config.log.peak_flops_per_device)
   logging = hooks_lib.MetricsLog(train_config.log.every, train_config.steps, run.writer, bar, flops_of_step,
-                                 tokens_per_step,
-                                 metrics_lib.peak_flops_per_device(model_config, train_config.log.peak_flops_per_device),
-                                 run.is_main)
+                                 tokens_per_step, peak, run.is_main)
   hooks = [hooks_lib.DivergenceCheck(train_config.optimizer, lambda: checkpointing.last_saved),
            hooks_lib.Callbacks(callbacks), logging, checkpointing]
   ctx = None
