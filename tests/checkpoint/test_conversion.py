@@ -117,7 +117,8 @@ def test_writes_are_atomic(tiny_model, tmp_path, monkeypatch):
 
 
 def test_pytorch_state_dict_file_loads_when_torch_is_installed(tiny_model, tiny_dir, tmp_path):
-  torch = pytest.importorskip("torch", reason="reading .pth needs the optional torch extra")
+  torch = pytest.importorskip("torch", reason="reading .pth needs the optional torch extra: "
+                              "`.venv/bin/python -m pip install torch` (e.g. torch==2.13.0, CPU), then rerun")
   _, params = tiny_model
   state = {f"_orig_mod._original_module.{k}": torch.from_numpy(v.copy()) for k, v in _tensors(tiny_dir).items()}
   os.makedirs(tmp_path / "pth")
