@@ -159,13 +159,17 @@ def setup(train_config, model_config, *, workdir: str, source=None, devices=None
                                    async_save=train_config.checkpoint.async_save)
   meta = {"model_config": model_config.to_dict(), "train_config": json.loads(train_config.to_json_best_effort())}
   latest = checkpointer.latest_step() if train_config.checkpoint.resume else None
-  if latest is not None:  # before the data files are opened: a changed file list is named as such
-    saved = checkpointer.read_meta(latest).get("train_config")
-    if saved is not None:
-      train_config_lib.check_resume_compatible(saved, meta["train_config"],
-                                               f"checkpoint step {latest} in {checkpointer.directory}")
-  # The data position is a function of the step (pipeline.HostRow): a resume rebuilds it for any process count.
-  data_iter = iter(pipeline.from_config(train_config, source, start_step=latest or 0))
+  try:
+    if latest is not None:  # before the data files are opened: a changed file list is named as such
+      saved = checkpointer.read_meta(latest).get("train_config")
+      if saved is not None:
+        train_config_lib.check_resume_compatible(saved, meta["train_config"],
+                                                 f"checkpoint step {latest} in {checkpointer.directory}")
+    # The data position is a function of the step (pipeline.HostRow): a resume rebuilds it for any process count.
+    data_iter = iter(pipeline.from_config(train_config, source, start_step=latest or 0))
+  except BaseException:
+    checkpointer.close()
+    raise
   writer = metrics_lib.MetricsWriter(workdir, jsonl=train_config.log.jsonl, tensorboard=train_config.log.tensorboard,
                                      enabled=is_main)
   return RunSetup(train_config, model_config, workdir, log, is_main, mesh, rules, param_shardings, tx, schedule,
@@ -173,8 +177,9 @@ def setup(train_config, model_config, *, workdir: str, source=None, devices=None
 
 
 def restore_or_init(run: RunSetup, params=None):
-  """The train state to start from: the latest checkpoint of the workdir (data iterator included) when resuming,
-  else ``params``, else ``train.init_from``, else random. Metrics rows after the start step are dropped."""
+  """The train state to start from: the latest checkpoint of the workdir when resuming (``setup`` started the data
+  at its step), else ``params``, else ``train.init_from``, else random. Metrics rows after the start step are
+  dropped."""
   train_config, model_config = run.train_config, run.model_config
   latest = run.checkpointer.latest_step() if train_config.checkpoint.resume else None
   if latest is not None:  # setup checked that the training config may resume it
