@@ -85,31 +85,22 @@ def evaluate_seeds(params, config, tests: dict, thresholds) -> dict:
   """Accuracy per (length, r, seed), accuracy by position (median over seeds) and KL exit steps per position."""
   import jax
   import jax.numpy as jnp
-  import huginn_jax as hj
   from huginn_jax.tasks import evaluate
 
   @jax.jit
-  def predict(params, inputs, num_steps):  # all seeds at once: [seeds, B, S]
-    forward = lambda p: hj.forward(p, inputs, config=config, num_steps=num_steps, init_scale=0.0).logits
-    return jax.vmap(forward)(params).argmax(-1)
-
-  @jax.jit
-  def exits(params, inputs):  # [seeds, thresholds, B, S]
-    return jax.vmap(lambda p: evaluate.exit_steps_by_threshold(p, inputs, config=config, max_steps=max(EVAL_STEPS),
-                                                               thresholds=tuple(thresholds)))(params)
+  def profile(params, inputs):  # all seeds at once: exit steps [seeds, T, B, S], predictions [seeds, R, B, S]
+    return jax.vmap(lambda p: evaluate.step_profile(p, inputs, config=config, max_steps=max(EVAL_STEPS),
+                                                    thresholds=tuple(thresholds), record_steps=EVAL_STEPS))(params)
 
   out = {"accuracy": {}, "by_position": {}, "exit_steps_by_position": {}}
   for length, test in tests.items():
-    inputs, labels = jnp.asarray(test["inputs"]), test["labels"][:, 1:]  # position 0: the start token, no label
-    acc, by_pos = {}, {}
-    for r in EVAL_STEPS:
-      hit = np.asarray(predict(params, inputs, jnp.int32(r)))[:, :, 1:] == labels[None]  # [seeds, B, bits]
-      acc[str(r)] = hit.mean(axis=(1, 2)).tolist()
-      by_pos[str(r)] = np.median(hit.mean(axis=1), axis=0).tolist()
-    out["accuracy"][str(length)] = acc
-    out["by_position"][str(length)] = by_pos
+    exit_steps, predictions = (np.asarray(x) for x in profile(params, jnp.asarray(test["inputs"])))
+    hits = predictions[..., 1:] == test["labels"][None, None, :, 1:]  # [seeds, R, B, bits]; 0: the start token
+    out["accuracy"][str(length)] = {str(r): hits[:, i].mean(axis=(1, 2)).tolist() for i, r in enumerate(EVAL_STEPS)}
+    out["by_position"][str(length)] = {str(r): np.median(hits[:, i].mean(axis=1), axis=0).tolist()
+                                       for i, r in enumerate(EVAL_STEPS)}
     if thresholds:
-      mean_exit = np.asarray(exits(params, inputs))[..., 1:].mean(axis=2)  # [seeds, thresholds, bits]
+      mean_exit = exit_steps[..., 1:].mean(axis=2)  # [seeds, thresholds, bits]
       out["exit_steps_by_position"][str(length)] = {f"{t:g}": np.median(mean_exit[:, i], axis=0).tolist()
                                                     for i, t in enumerate(thresholds)}
   return out

@@ -107,7 +107,25 @@ def _check_tokens(tokens, config) -> Array:
       bad = lo if lo < 0 else hi
       raise ValueError(f"token id {bad} is out of the vocabulary [0, {config.vocab_size}); check the tokenizer "
                        "matches the model.")
+  if not _is_concrete(tokens):  # under jit: every out-of-range id (negative ones too) reads a NaN embedding row
+    tokens = jnp.where(tokens < 0, config.vocab_size, tokens)
   return tokens.astype(jnp.int32)
+
+
+def _check_labels(labels, tokens, config) -> Array:
+  """Labels like the tokens, each in [0, vocab) or -100 (ignored); checked eagerly, NaN loss under jit."""
+  labels = jnp.asarray(labels) if _is_concrete(labels) else labels
+  if labels.shape != tokens.shape:
+    raise ValueError(f"labels must have the shape of token_ids {tokens.shape}, got {labels.shape}.")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
+  if _is_concrete(labels) and labels.size:
+    host = np.asarray(labels)
+    bad = host[(host != IGNORE_INDEX) & ((host < 0) | (host >= config.vocab_size))]
+    if bad.size:
+      raise ValueError(f"label {int(bad[0])} is out of the vocabulary [0, {config.vocab_size}) and is not "
+                       f"{IGNORE_INDEX} (ignored); check the labels match the model's vocabulary.")
+  return labels
 
 
 def _attention_mask(batch: int, seq: int, attention_mask: Array | None) -> SelfAttentionMask:
@@ -145,8 +163,9 @@ def prepare(model: Huginn, tokens: Array, *, positions: Array | None = None, att
 
 
 def _check_steps(num_steps):
-  if isinstance(num_steps, (int, np.integer)) and num_steps < 0:
-    raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+  """A negative count is an error when it is known (an int or a concrete array); a traced one is clamped to 0."""
+  if _is_concrete(num_steps) and np.ndim(num_steps) == 0 and int(num_steps) < 0:
+    raise ValueError(f"num_steps must be >= 0, got {int(num_steps)}.")
   return num_steps
 
 
@@ -159,6 +178,8 @@ def forward(params: Params, token_ids: Array, *, config: ml_collections.ConfigDi
   ``num_steps`` defaults to ``config.mean_recurrence``; it may be a traced int32 scalar (one compilation serves all
   values). The initial state is ``initial_state`` if given, else random from ``key`` (zeros when init_scale=0).
   ``attention_mask`` [B, S] (True = real token) additionally masks padding, which the original does not do.
+  Bad input is an error when it is known at call time; under ``jax.jit`` (traced input) a token id outside the
+  vocabulary gives NaN logits for its whole sequence, and a negative traced ``num_steps`` runs 0 iterations.
   """
   tokens = _check_tokens(token_ids, config)
   num_steps = _check_steps(config.mean_recurrence if num_steps is None else num_steps)
@@ -175,6 +196,8 @@ def _nll_sum(logits: Array, labels: Array) -> tuple[Array, Array]:
   valid = labels != IGNORE_INDEX
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  out_of_range = valid & ((labels < 0) | (labels >= logits.shape[-1]))
+  nll = jnp.where(out_of_range, jnp.nan, nll)  # a label no logit stands for poisons the loss instead of hiding
   return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)
 
 
@@ -237,9 +260,11 @@ def loss(params: Params, token_ids: Array, labels: Array, *, config: ml_collecti
   n may be traced; a traced k needs ``max_grad_steps`` (the static length of the masked gradient scan, default
   ``config.mean_backprop_depth``). ``remat_policy``: ``jax.checkpoint`` policy of each gradient iteration.
   ``loss_chunk``: compute the vocabulary projection and cross-entropy that many positions at a time (the same
-  loss; saves the [B, S, vocab] float32 logits and their gradient).
+  loss; saves the [B, S, vocab] float32 logits and their gradient). A label outside [0, vocab) other than -100 is
+  an error when known at call time, and makes the loss NaN under ``jax.jit``.
   """
   tokens = _check_tokens(token_ids, config)
+  labels = _check_labels(labels, tokens, config)
   n, k = _depth(config, num_steps, depth)
   _check_steps(n), _check_steps(k)
   if not isinstance(k, (int, np.integer)) and max_grad_steps is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
 import time
 
@@ -70,6 +71,9 @@ def _train(args) -> None:
   result = loop.train(experiment.train, experiment.model)
   print(f"trained {int(result.state.step)} steps; final loss {result.final_metrics.get('loss', float('nan')):.4f}; "
         f"outputs in {experiment.train.workdir}")
+  if result.stopped_by is not None:  # a clean early stop: the shell's convention for "ended by this signal"
+    return 128 + int(getattr(signal, result.stopped_by))
+  return 0
 
 
 def _prepare_data(args) -> None:
@@ -158,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == ["lm-eval"]:  # its flags are lm_eval's, parsed there
     return _lm_eval(argv[1:])
+  from huginn_jax.training.errors import TrainingDiverged, WorkdirLocked
   args = build_parser().parse_args(argv)
   try:
-    args.fn(args)
-  except (FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError) as err:
+    return args.fn(args) or 0
+  except (FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError, WorkdirLocked) as err:
     print(f"huginn-jax {args.command}: error: {err}", file=sys.stderr)
     return 2
-  return 0
+  except TrainingDiverged as err:
+    print(f"huginn-jax {args.command}: training diverged: {err}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import ml_collections
 
 from huginn_jax.attention import IMPLEMENTATIONS
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")  # the floating dtypes params and compute may take
 
 # The fields that fix the shape of the parameters: two configs that agree on them can load each other's weights.
 SHAPE_FIELDS = ("vocab_size", "d_model", "n_heads", "head_dim", "intermediate_size", "n_layers_prelude",
@@ -55,6 +55,11 @@ def _base() -> ml_collections.ConfigDict:
   # A runtime choice, not part of the checkpoint's identity (``shape_fields``): any backend computes the same model.
   c.attention_impl = "auto"  # "auto" (fastest that fits) | "xla" | "cudnn" (GPU) | "pallas" (TPU)
   return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its documented default (the published model's shape, float32)."""
+  return _base()
 
 
 def huginn_0125() -> ml_collections.ConfigDict:
@@ -172,10 +177,45 @@ _HF_REQUIRED = {
 
 
 def from_hf_config(hf: dict[str, Any] | str | os.PathLike, **overrides: Any) -> ml_collections.ConfigDict:
-  """Builds our config from the original's HF ``config.json`` (a dict or a path); unrelated keys are ignored."""
+  """Builds our config from the original's HF ``config.json`` (a dict or a path); unrelated keys are ignored.
+  Errors name the file and the field."""
+  source = "HF config"
   if not isinstance(hf, dict):
-    with open(hf) as f:
-      hf = json.load(f)
+    source = os.fspath(hf)
+    try:
+      with open(hf) as f:
+        hf = json.load(f)
+    except json.JSONDecodeError as err:
+      raise ValueError(f"{source} is not valid JSON ({err}); take config.json from the checkpoint's HF repo.") from None
+    if not isinstance(hf, dict):
+      raise ValueError(f"{source} must hold a JSON object of config fields, got a {type(hf).__name__}.")
+  try:
+    return _from_hf_fields(hf, overrides)
+  except ValueError as err:
+    raise ValueError(f"{source}: {err}") from None
+
+
+def _hf_int(hf: dict, *keys: str, default=None) -> int:
+  """The integer field ``keys[0]`` (or an alias after it) of an HF config; missing without a default is an error."""
+  for key in keys:
+    if key in hf:
+      value = hf[key]
+      if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise ValueError(f"field {key!r} must be an integer, got {value!r}.")
+      return int(value)
+  if default is None:
+    raise ValueError(f"missing the required field {keys[0]!r}; is this a Huginn (huginn_raven) config.json?")
+  return default
+
+
+def _hf_float(hf: dict, key: str, default: float) -> float:
+  value = hf.get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"field {key!r} must be a number, got {value!r}.")
+  return float(value)
+
+
+def _from_hf_fields(hf: dict[str, Any], overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   for key, expected in _HF_REQUIRED.items():
     if key in hf and hf[key] != expected:
       raise ValueError(f"HF config {key}={hf[key]!r} is not supported (huginn-jax implements {key}={expected!r}).")
@@ -183,29 +223,25 @@ def from_hf_config(hf: dict[str, Any] | str | os.PathLike, **overrides: Any) -> 
     raise ValueError(f"HF config test_time_noise={hf['test_time_noise']} is not supported; set it to 0.")
   if hf.get("num_key_value_heads", hf.get("n_heads")) != hf.get("n_heads", hf.get("num_attention_heads")):
     raise ValueError("HF config num_key_value_heads differs from n_heads: grouped-query attention is not supported.")
-  missing = [k for k in ("n_embd",) if k not in hf]
-  if missing:
-    raise ValueError(f"HF config lacks required keys {missing}; is this a Huginn (huginn_raven) config.json?")
-  n_heads = hf.get("n_heads", hf.get("num_attention_heads"))
-  if n_heads is None:
-    raise ValueError("HF config has neither 'n_heads' nor 'num_attention_heads'.")
   config = _base()
-  config.name = hf.get("_name_or_path") or "from-hf"
-  config.vocab_size = int(hf.get("padded_vocab_size", hf.get("vocab_size")))
-  config.d_model = int(hf["n_embd"])
-  config.n_heads = int(n_heads)
-  config.head_dim = int(hf.get("head_dim", config.d_model // config.n_heads))
-  config.intermediate_size = int(hf["intermediate_size"])
-  config.n_layers_prelude = int(hf.get("n_layers_in_prelude", 2))
-  config.n_layers_core = int(hf.get("n_layers_in_recurrent_block", 4))
-  config.n_layers_coda = int(hf.get("n_layers_in_coda", 2))
-  config.max_seq_len = int(hf.get("block_size", 4096))
-  config.norm_eps = float(hf.get("norm_eps", 1e-6))
-  config.rope_base = float(hf.get("rope_base", 50000))
+  config.name = str(hf.get("_name_or_path") or "from-hf")
+  config.vocab_size = _hf_int(hf, "padded_vocab_size", "vocab_size")
+  config.d_model = _hf_int(hf, "n_embd")
+  config.n_heads = _hf_int(hf, "n_heads", "num_attention_heads")
+  if config.n_heads <= 0:
+    raise ValueError(f"field 'n_heads' must be positive, got {config.n_heads}.")
+  config.head_dim = _hf_int(hf, "head_dim", default=config.d_model // config.n_heads)
+  config.intermediate_size = _hf_int(hf, "intermediate_size")
+  config.n_layers_prelude = _hf_int(hf, "n_layers_in_prelude", default=2)
+  config.n_layers_core = _hf_int(hf, "n_layers_in_recurrent_block", default=4)
+  config.n_layers_coda = _hf_int(hf, "n_layers_in_coda", default=2)
+  config.max_seq_len = _hf_int(hf, "block_size", default=4096)
+  config.norm_eps = _hf_float(hf, "norm_eps", 1e-6)
+  config.rope_base = _hf_float(hf, "rope_base", 50000.0)
   config.qk_bias = bool(hf.get("qk_bias", True))
   config.tie_embeddings = bool(hf.get("tie_embeddings", hf.get("tie_word_embeddings", True)))
-  config.mean_recurrence = int(hf.get("mean_recurrence", 32))
-  config.mean_backprop_depth = int(hf.get("mean_backprop_depth", 8))
+  config.mean_recurrence = _hf_int(hf, "mean_recurrence", default=32)
+  config.mean_backprop_depth = _hf_int(hf, "mean_backprop_depth", default=8)
   for key, value in overrides.items():
     config[key] = value
   return validate(config)

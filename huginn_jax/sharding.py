@@ -231,5 +231,23 @@ def maybe_initialize_distributed(mode: str | bool = "auto") -> bool:
     return False
   if jax.distributed.is_initialized():
     return True
-  jax.distributed.initialize()
+  jax.distributed.initialize(**_explicit_processes())
   return True
+
+
+def _explicit_processes() -> dict:
+  """``jax.distributed.initialize`` arguments from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+  (all three, or none: then JAX discovers the cluster itself, as on a Cloud TPU pod, SLURM or Open MPI)."""
+  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  values = {name: os.environ.get(name, "") for name in names}
+  if not any(values.values()):
+    return {}
+  missing = [name for name, value in values.items() if not value]
+  if missing:
+    raise ValueError(f"{', '.join(n for n in names if n not in missing)} set but not {', '.join(missing)}: set all "
+                     "three (host:port of process 0, the number of processes, this process's index) or none.")
+  for name in names[1:]:
+    if not values[name].isdigit():
+      raise ValueError(f"{name} must be a non-negative integer, got {values[name]!r}.")
+  return dict(coordinator_address=values["JAX_COORDINATOR_ADDRESS"], num_processes=int(values["JAX_NUM_PROCESSES"]),
+              process_id=int(values["JAX_PROCESS_ID"]))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops the run that launch.sh started, on every worker: SIGTERM to the pid it recorded, SIGKILL after 60 s, so
+# Stops the run that launch.sh started, on every worker: SIGTERM to the pid it recorded (the run saves a checkpoint
+# at its next step boundary and exits; rerunning launch.sh continues it), SIGKILL after 60 s, so
 # that the TPU chips are free for the next run (an exited process left unreaped counts as stopped).
 # shellcheck source=tpu_setup/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -163,12 +163,17 @@ def _torch_to_numpy(t) -> np.ndarray:
   return t.numpy()
 
 
-def read_hf_config(path: str | os.PathLike) -> dict:
+def hf_config_path(path: str | os.PathLike) -> str:
+  """The ``config.json`` of an HF checkpoint directory (or next to a .pth/.bin file); it must exist."""
   file = os.path.join(path, "config.json") if os.path.isdir(path) else os.path.join(os.path.dirname(path),
                                                                                       "config.json")
   if not os.path.exists(file):
     raise FileNotFoundError(f"No config.json next to the checkpoint at {path}; the HF directory needs one.")
-  with open(file) as f:
+  return file
+
+
+def read_hf_config(path: str | os.PathLike) -> dict:
+  with open(hf_config_path(path)) as f:
     return json.load(f)
 
 
@@ -219,4 +224,4 @@ def set_path(tree: dict, path: tuple, value) -> None:
 
 
 def config_from_checkpoint(path) -> Any:
-  return config_lib.from_hf_config(read_hf_config(path))
+  return config_lib.from_hf_config(hf_config_path(path))  # errors name the file

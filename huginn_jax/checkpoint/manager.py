@@ -10,6 +10,7 @@ targets abstract arrays carrying the current shardings, so a run resumes onto a 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -43,6 +44,29 @@ def unflatten_state(flat: dict[str, Any], like) -> Any:
 
 def describe_shapes(flat: dict[str, Any]) -> dict[str, list]:
   return {k: [list(v.shape), str(np.dtype(v.dtype))] for k, v in flat.items()}
+
+
+def is_complete_step(path: str) -> bool:
+  """Whether a step directory holds a finished save (Orbax's metadata file and the state and meta items)."""
+  return all(os.path.exists(os.path.join(path, name)) for name in ("_CHECKPOINT_METADATA", STATE, META))
+
+
+def remove_leftovers(directory: str) -> list[str]:
+  """Deletes what interrupted saves and deletions leave in a checkpoint directory: Orbax's ``*.orbax-checkpoint-tmp*``
+  directories and step directories that are not complete (a rotation cut short). Returns the removed paths.
+
+  Call it only while holding the workdir (no save can be under way)."""
+  if not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if not os.path.isdir(path):
+      continue
+    if ".orbax-checkpoint-tmp" in name or (name.isdigit() and not is_complete_step(path)):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
 
 
 class TrainCheckpointer:

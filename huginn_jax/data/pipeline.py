@@ -33,6 +33,23 @@ class SplitRow(grain.transforms.Map):
     return {"inputs": row[:-1].astype(np.int32), "labels": row[1:].astype(np.int32)}
 
 
+@dataclasses.dataclass(frozen=True)
+class HostRow(grain.transforms.Map):
+  """Index j of a host's stream -> its row of the global stream: step ``start_step + j // b`` takes global rows
+  ``[step * B, (step + 1) * B)``, host i the contiguous block ``[i * b, (i + 1) * b)`` of them (b = B / hosts). So
+  the global batch of a step is the same rows in the same order for any number of hosts, and a resume at a step
+  needs only the step number, not the iterator state of each host."""
+  rows: Any  # the globally shuffled, repeated MapDataset
+  global_batch: int
+  host_batch: int
+  process_index: int
+  start_step: int
+
+  def map(self, j):
+    step, r = divmod(int(j), self.host_batch)
+    return self.rows[(self.start_step + step) * self.global_batch + self.process_index * self.host_batch + r]
+
+
 def host_batch_size(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
     raise ValueError(f"the global batch of {global_batch} sequences does not divide over {process_count} hosts; "
@@ -42,11 +59,14 @@ def host_batch_size(global_batch: int, process_count: int) -> int:
 
 def make_dataset(source, *, seq_len: int, global_batch: int, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, process_index: int | None = None, process_count: int | None = None,
-                 read_threads: int = 2, prefetch: int = 4, worker_count: int = 0) -> grain.IterDataset:
-  """The batched dataset of this host: dicts of ``inputs``/``labels`` int32 [global_batch / hosts, seq_len].
+                 read_threads: int = 2, prefetch: int = 4, worker_count: int = 0,
+                 start_step: int = 0) -> grain.IterDataset:
+  """The batched dataset of this host: dicts of ``inputs``/``labels`` int32 [global_batch / hosts, seq_len],
+  from optimizer step ``start_step`` on.
 
-  The shuffle is global (over all rows, reshuffled every epoch) and the same on every host; each host then takes
-  every ``process_count``-th example, so hosts read disjoint rows.
+  The shuffle is global (over all rows, reshuffled every epoch) and the same on every host; each step's global
+  batch is the next ``global_batch`` rows of it and each host reads its contiguous block of them (``HostRow``), so
+  hosts read disjoint rows and the batches do not depend on the number of hosts.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -60,7 +80,11 @@ def make_dataset(source, *, seq_len: int, global_batch: int, seed: int = 0, shuf
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds[process_index::process_count]
+  steps = len(ds) // global_batch - start_step
+  if steps <= 0:
+    raise ValueError(f"the data has {len(ds) // global_batch} batches of {global_batch} rows (data.num_epochs="
+                     f"{num_epochs}), none left after step {start_step}; raise data.num_epochs or use None.")
+  ds = grain.MapDataset.range(steps * batch).map(HostRow(ds, global_batch, batch, process_index, start_step))
   ds = ds.map(SplitRow(seq_len)).batch(batch, drop_remainder=True)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
   it = ds.to_iter_dataset(options)

@@ -100,9 +100,13 @@ class ParquetSource:
     index = bisect.bisect_right(self._starts, i) - 1
     column = self._row_group(index)
     j = i - self._starts[index]
-    row = np.asarray(column[j].values, dtype=TOKEN_DTYPE)
     f_index, g = self._groups[index]
-    return _check_row(row, self.row_length, f"{self.files[f_index]} row {j} of row group {g}")
+    where = f"{self.files[f_index]} row {j} of row group {g}"
+    values = column[j].values
+    if values is None or values.null_count:
+      raise ValueError(f"{where} is null or holds null tokens; drop such rows from the file (or prepare it again "
+                       "with `huginn-jax prepare-data`).")
+    return _check_row(np.asarray(values, dtype=TOKEN_DTYPE), self.row_length, where)
 
   def __repr__(self) -> str:
     return f"ParquetSource({len(self.files)} files, {self._len} rows, column={self.column!r})"

@@ -269,8 +269,9 @@ def generate(params: dict, prompt_ids: Array | Sequence[Sequence[int]], *, confi
   """
   config_f = config_lib.frozen(config)
   num_steps = config.mean_recurrence if num_steps is None else num_steps
-  if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
-    raise ValueError(f"num_steps must be a non-negative int (it sizes the cache), got {num_steps!r}.")
+  if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f"num_steps must be a positive int (generation runs at least one core iteration per token; "
+                     f"it sizes the cache), got {num_steps!r}.")
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
   prompt, lengths = prepare_prompt(prompt_ids, prompt_lengths, pad_id, config.vocab_size)

@@ -88,11 +88,37 @@ def run_generate(args, out: TextIO | None = None, err: TextIO | None = None) -> 
   return _generate_text(config, params, tokenizer, ids, args, out, err)
 
 
+def _prompt_room(config, args) -> int:
+  """Tokens a prompt may have so that it and ``max_new_tokens`` (and a speculative lookahead) fit max_seq_len."""
+  return config.max_seq_len - args.max_new_tokens - (args.lookahead or (8 if args.draft_steps else 0))
+
+
+def fit_conversation(messages: list, encode: Callable[[list], list], room: int) -> tuple[list, int]:
+  """Drops the oldest exchanges (never the system message or the newest user turn) until the encoded conversation
+  has at most ``room`` tokens. Returns (the messages kept, how many were dropped); raises ``ValueError`` when the
+  newest turn alone does not fit."""
+  head = messages[:1] if messages and messages[0]["role"] == "system" else []
+  turns = messages[len(head):]
+  dropped = 0
+  while len(encode(head + turns)) > room:
+    if len(turns) <= 1:
+      raise ValueError(f"this message is {len(encode(head + turns))} tokens with the system message; at most {room} "
+                       "fit with --max-new-tokens in max_seq_len. Shorten it or lower --max-new-tokens.")
+    turns, dropped = turns[1:], dropped + 1
+    while len(turns) > 1 and turns[0]["role"] != "user":  # the conversation goes on starting with a user turn
+      turns, dropped = turns[1:], dropped + 1
+  return head + turns, dropped
+
+
 def run_chat(args, read: Callable[[str], str] = input, out: TextIO | None = None, err: TextIO | None = None) -> list:
-  """A conversation on the terminal; an empty line, ``/exit`` or end of input ends it. Returns the messages."""
+  """A conversation on the terminal; an empty line, ``/exit`` or end of input ends it. Returns the messages.
+
+  When the conversation no longer fits ``max_seq_len`` with room for the reply, the oldest turns are dropped (with
+  a notice on ``err``); a single message too long to fit is refused and the conversation goes on."""
   out, err = out or sys.stdout, err or sys.stderr
   config, params, tokenizer = _load(args)
   messages = [{"role": "system", "content": args.system}] if args.system else []
+  room = _prompt_room(config, args)
   while True:
     try:
       line = read("> ")
@@ -100,7 +126,14 @@ def run_chat(args, read: Callable[[str], str] = input, out: TextIO | None = None
       break
     if not line.strip() or line.strip() == "/exit":
       break
-    messages.append({"role": "user", "content": line})
+    try:
+      kept, dropped = fit_conversation(messages + [{"role": "user", "content": line}], tokenizer.encode_chat, room)
+    except ValueError as error:
+      err.write(f"[not sent: {error}]\n")
+      continue
+    if dropped:
+      err.write(f"[dropped the {dropped} oldest message(s) to fit max_seq_len={config.max_seq_len}]\n")
+    messages = kept
     reply = _generate_text(config, params, tokenizer, tokenizer.encode_chat(messages), args, out, err)
     messages.append({"role": "assistant", "content": reply})
   return messages

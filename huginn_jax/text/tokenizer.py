@@ -38,7 +38,12 @@ class Tokenizer:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"no tokenizer at {path}: pass the path of an HF tokenizer.json (e.g. from "
                               "tomg-group-umd/huginn-0125) with --tokenizer.")
-    return cls(tokenizers.Tokenizer.from_file(path))
+    try:
+      loaded = tokenizers.Tokenizer.from_file(path)
+    except Exception as err:  # the tokenizers library raises a bare Exception for a file it cannot parse
+      raise ValueError(f"{path} is not an HF tokenizer.json ({str(err).splitlines()[0]}); pass the model's "
+                       "tokenizer.json with --tokenizer.") from None
+    return cls(loaded)
 
   @property
   def vocab_size(self) -> int:

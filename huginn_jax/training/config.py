@@ -79,6 +79,7 @@ def _base() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
   c.checkpoint.resume = True  # continue from the latest checkpoint in workdir/checkpoints if there is one
+  c.checkpoint.allow_changes = ()  # fields of RESUME_FIXED a resume may change anyway, e.g. ("optimizer.lr",)
 
   c.log = ml_collections.ConfigDict()
   c.log.every = 10
@@ -178,11 +179,48 @@ def validate(train: ml_collections.ConfigDict, model: ml_collections.ConfigDict)
     raise ValueError(f"train.depth_sampler must be one of {SAMPLERS}, got {train.depth_sampler!r}.")
   if train.remat_policy not in REMAT_POLICIES:
     raise ValueError(f"train.remat_policy must be one of {sorted(REMAT_POLICIES)}, got {train.remat_policy!r}.")
+  opt = train.optimizer
+  if not isinstance(opt.lr, (int, float)) or opt.lr <= 0:
+    raise ValueError(f"train.optimizer.lr must be a positive number, got {opt.lr!r}.")
+  if not isinstance(opt.min_lr, (int, float)) or not 0 <= opt.min_lr <= opt.lr:
+    raise ValueError(f"train.optimizer.min_lr must be in [0, lr = {opt.lr}], got {opt.min_lr!r}.")
   if train.checkpoint.every <= 0 or train.checkpoint.keep <= 0:
     raise ValueError("train.checkpoint.every and train.checkpoint.keep must be positive.")
   if train.data.format not in ("parquet", "arrayrecord"):
     raise ValueError(f"train.data.format must be 'parquet' or 'arrayrecord', got {train.data.format!r}.")
   return train
+
+
+# What a resume must find unchanged: the fields that decide which batches, depths and updates the steps make.
+# Everything else (steps, mesh, sharding rules, grad_accum_steps, remat_policy, loss_chunk, checkpoint.*, log.*,
+# data worker/thread/prefetch counts, workdir, init_from, ...) may change between a run and its resume.
+RESUME_FIXED = (
+    "seed", "batch_size", "seq_len", "mean_recurrence", "mean_backprop_depth", "sampler_sigma", "depth_sampler",
+    "init_scale", "optimizer.name", "optimizer.lr", "optimizer.min_lr", "optimizer.betas", "optimizer.eps",
+    "optimizer.weight_decay", "optimizer.update_clipping", "optimizer.running_init", "optimizer.grad_clip",
+    "optimizer.schedule", "optimizer.warmup_steps", "optimizer.cooldown_steps", "optimizer.skip_nonfinite",
+    "data.format", "data.train_files", "data.column", "data.shuffle", "data.seed", "data.num_epochs",
+)
+
+
+def _get_dotted(tree: dict, key: str):
+  for part in key.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
+
+
+def check_resume_compatible(saved: dict, current: dict, where: str) -> None:
+  """Raises ``ValueError`` naming the first field of ``RESUME_FIXED`` that differs between the training config a
+  checkpoint was saved with and this run's (both as JSON dicts), unless ``checkpoint.allow_changes`` lists it."""
+  allowed = set(_get_dotted(current, "checkpoint.allow_changes") or ())
+  for key in RESUME_FIXED:
+    before, now = _get_dotted(saved, key), _get_dotted(current, key)
+    if before != now and key not in allowed:
+      raise ValueError(f"{where} was trained with train.{key}={before!r}, this run has {now!r}; a resume keeps it "
+                       f"(set it back, or accept the change with train.checkpoint.allow_changes=('{key}',), or "
+                       "start a fresh run in another workdir).")
 
 
 def load_experiment(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -220,5 +258,14 @@ def apply_overrides(config: ml_collections.ConfigDict, assignments: list[str]) -
       target = target[part]
     if field not in target:
       raise ValueError(f"override {item!r}: no field {field!r}; known: {sorted(target.keys())}.")
-    target[field] = value if not isinstance(value, list) else tuple(value)
+    value = value if not isinstance(value, list) else tuple(value)
+    current = target[field]
+    if isinstance(current, tuple) and isinstance(value, str):
+      raise ValueError(f"override {item!r}: {key} is a tuple; write it as {key}=({value!r},).")
+    try:
+      target[field] = value
+    except TypeError:
+      expected = type(current).__name__ if current is not None else "value of its declared type"
+      raise ValueError(f"override {item!r}: {key} must be a {expected}, got {value!r} (a {type(value).__name__})."
+                       ) from None
   return config

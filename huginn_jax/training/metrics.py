@@ -48,6 +48,21 @@ class MetricsWriter:
       else:
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+  def truncate_after(self, step: int) -> None:
+    """Drops the JSONL rows of steps after ``step`` (a resumed run logs them again), atomically."""
+    if not self.enabled or self._jsonl is None:
+      return
+    self._jsonl.close()
+    with open(self.jsonl_path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+    if len(kept) != len(lines):
+      tmp = f"{self.jsonl_path}.tmp-{os.getpid()}"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.jsonl_path)
+    self._jsonl = open(self.jsonl_path, "a")
+
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
@@ -68,6 +83,13 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _row_step(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None  # a row cut short by a kill
 
 
 def _scalar(value) -> float | None:

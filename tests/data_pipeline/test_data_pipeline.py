@@ -91,3 +91,20 @@ def test_rows_of_inputs_and_labels_pass_through():
   np.testing.assert_array_equal(batch["labels"][1], np.where(np.arange(SEQ) % 2, -100, 2))
   with pytest.raises(ValueError, match="inputs/labels"):
     pipeline.make_iterator(_PairSource(), seq_len=SEQ + 1, global_batch=2, process_index=0, process_count=1)
+
+
+def test_global_batches_do_not_depend_on_the_host_count_and_resume_from_a_step():
+  src = sources.ArraySource(_rows())
+  kwargs = dict(seq_len=SEQ, global_batch=8, seed=7)
+  one = pipeline.make_iterator(src, process_index=0, process_count=1, **kwargs)
+  global_batches = [_ids(next(one)) for _ in range(7)]  # past the first epoch
+  for hosts in (2, 4):
+    its = [pipeline.make_iterator(src, process_index=i, process_count=hosts, **kwargs) for i in range(hosts)]
+    for expected in global_batches:  # host i holds the i-th contiguous block of the same global batch
+      assert sum((_ids(next(it)) for it in its), []) == expected
+  for hosts in (1, 2):  # a resume at step 4 needs only the step, whatever the host count before
+    its = [pipeline.make_iterator(src, process_index=i, process_count=hosts, start_step=4, **kwargs)
+           for i in range(hosts)]
+    assert [sum((_ids(next(it)) for it in its), []) for _ in range(3)] == global_batches[4:]
+  with pytest.raises(ValueError, match="none left after step 3"):
+    pipeline.make_dataset(src, num_epochs=1, start_step=3, process_index=0, process_count=1, **kwargs)
