@@ -86,7 +86,7 @@ def test_hf_config_errors_name_the_file_and_the_field(tmp_path, content, message
 
 
 def test_a_file_that_is_not_a_tokenizer(tmp_path):
-  from huginn_jax.decoding.tokenizer import Tokenizer
+  from huginn_jax.text.tokenizer import Tokenizer
   path = tmp_path / "tokenizer.json"
   path.write_text("not a tokenizer")
   with pytest.raises(ValueError, match=f"{path} is not an HF tokenizer.json"):

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from huginn_jax.decoding.interactive import fit_conversation
+from huginn_jax.text.interactive import fit_conversation
 
 
 def _encode(messages):
@@ -30,7 +30,7 @@ def test_chat_command_keeps_going_past_max_seq_len(tmp_path, tiny_dir):
   from tokenizers import models, pre_tokenizers
 
   from huginn_jax import cli
-  from huginn_jax.decoding.interactive import run_chat
+  from huginn_jax.text.interactive import run_chat
   specials = ["<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>"]
   tok = tokenizers.Tokenizer(models.WordLevel({f"w{i}": i for i in range(250)}
                                               | {s: 250 + i for i, s in enumerate(specials)}, unk_token="w0"))
