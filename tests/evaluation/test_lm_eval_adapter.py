@@ -129,8 +129,9 @@ def test_generate_until_batches_requests(monkeypatch, tiny_model, tokenizer):
   generate_batch_size=4, where one call per request ran before."""
   config, params = tiny_model
   calls = []
-  real = hj.generate
-  monkeypatch.setattr(hj, "generate", lambda *a, **k: calls.append(np.shape(a[1])) or real(*a, **k))
+  from huginn_jax.decoding import generate as generate_lib
+  real = generate_lib.generate  # the adapter calls it from its module (it does not import the package root)
+  monkeypatch.setattr(generate_lib, "generate", lambda *a, **k: calls.append(np.shape(a[1])) or real(*a, **k))
   requests = [_req(_words(range(i, i + n)), {"until": [], "max_gen_toks": 3}) for i, n in enumerate((5, 6, 7, 8, 5, 6))]
   got = HuginnLM(params, config, tokenizer, num_steps=STEPS).generate_until(requests)
   assert calls == [(8, 8)]  # six rows filled up to eight, eight tokens wide
