@@ -11,7 +11,7 @@ Writes ``results.json`` (every seed's numbers), ``scaling.png`` (accuracy agains
 median line, min-max band, one thin line per seed; accuracy by position) and ``adaptive.png`` (iterations the KL
 exit rule spends per position, median over seeds) to ``--out``.
 
-  python experiments/test_time_scaling.py --out outputs/main          # ~5 minutes on 2 CPU cores
+  python experiments/test_time_scaling.py --out outputs/main          # ~8 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
