@@ -129,7 +129,8 @@ def test_generate_until_batches_requests(monkeypatch, tiny_model, tokenizer):
   generate_batch_size=4, where one call per request ran before."""
   config, params = tiny_model
   calls = []
-  from huginn_jax.decoding import generate as generate_lib
+  import importlib
+  generate_lib = importlib.import_module("huginn_jax.decoding.generate")  # the module (the package exports the function)
   real = generate_lib.generate  # the adapter calls it from its module (it does not import the package root)
   monkeypatch.setattr(generate_lib, "generate", lambda *a, **k: calls.append(np.shape(a[1])) or real(*a, **k))
   requests = [_req(_words(range(i, i + n)), {"until": [], "max_gen_toks": 3}) for i, n in enumerate((5, 6, 7, 8, 5, 6))]
