@@ -1,8 +1,9 @@
 """Several seeds of one training run in one program: the real train step ``jax.vmap``-ed over a leading seed axis.
 
 A result that holds for one seed may be luck; ``train_seeds`` trains the same recipe from several seeds at once
-(each seed: its own initial weights, data order, depth draws and initial latent states) with one compilation and
-one loop, for small models that fit one device many times over. It uses the same pieces as ``training.loop.train``
+(each seed: its own initial weights, data order and initial latent states; by default the depth draws of the first
+seed, shared, so that the vmapped recurrence runs one seed's iterations, not the deepest seed's) with one
+compilation and one loop, for small models that fit one device many times over. It uses the same pieces as ``training.loop.train``
 (optimizer, train state, train step, grain pipeline) and writes each seed's final weights as an Orbax checkpoint
 that ``hj.load`` reads. It does not checkpoint mid-run or resume: use ``train`` for long runs.
 """
@@ -47,12 +48,14 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict,
                 seeds: Sequence[int], *, source_for_seed: Callable[[int], Any], workdir: str | None = None,
-                save: bool = True, log: Callable[[str], None] | None = None) -> SeedsResult:
+                save: bool = True, shared_depth: bool = True,
+                log: Callable[[str], None] | None = None) -> SeedsResult:
   """Trains ``model_config`` with ``train_config`` once per seed in ``seeds``, all seeds in one vmapped step.
 
   ``source_for_seed(seed)`` gives the seed's data source (rows for ``pipeline.from_config``); the seed also sets
   ``train.seed`` (weights, depth draws, initial states) and ``train.data.seed`` (shuffle order) of its copy of the
-  run. Logs the median and range of the loss over seeds every ``train.log.every`` steps (a progress bar only on a
+  run; with ``shared_depth`` every seed draws the depth (n, k) of each step as the first seed does (a seed then
+  equals that seed trained alone with the first seed's depth schedule). Logs the median and range of the loss over seeds every ``train.log.every`` steps (a progress bar only on a
   terminal), appends them to ``workdir/metrics.jsonl`` and saves seed ``s``'s weights to ``workdir/seed_{s}``.
   """
   seeds = tuple(int(s) for s in seeds)
@@ -65,7 +68,7 @@ def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collec
   log = log or (lambda line: print(line, flush=True))
   tx, schedule = optimizer_lib.make_optimizer(train_config, train_config.steps)
   step_fn = step_lib.make_train_step(model_config, train_config, tx, schedule)
-  run_step = jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0)), donate_argnums=(0,))
+  run_step = jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0, None)), donate_argnums=(0,))
   state = _stack([state_lib.init_state(model_config, tx, None, key=jax.random.key(s)) for s in seeds])
   iterators = []
   for seed in seeds:
@@ -73,6 +76,12 @@ def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collec
     per_seed.data.seed = seed
     iterators.append(iter(pipeline.from_config(per_seed, source_for_seed(seed))))
   seed_ids = jnp.asarray(seeds, jnp.int32)
+  if shared_depth:
+    first = ml_collections.ConfigDict(train_config.to_dict())
+    first.seed = seeds[0]
+    depths = step_lib.depth_schedule(first, model_config, 0, train_config.steps)  # [steps, 2]: (n, k)
+  else:  # each seed draws its own inside the step
+    depths = None
 
   def next_batch() -> dict:
     rows = [next(it) for it in iterators]  # each {"inputs", "labels"}: [batch, seq]
@@ -90,7 +99,7 @@ def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collec
   start = window_start = time.perf_counter()
   try:
     for done in range(1, steps + 1):
-      state, metrics = run_step(state, next_batch(), seed_ids)
+      state, metrics = run_step(state, next_batch(), seed_ids, None if depths is None else depths[done - 1])
       bar.update(1)
       if done % every == 0 or done == steps:
         host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}

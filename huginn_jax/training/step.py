@@ -78,17 +78,24 @@ def make_train_step(model_config, train_config: ml_collections.ConfigDict, optim
       depth_loss, model_config=frozen, max_grad_steps=k0, remat_policy=train_config.remat_policy,
       init_scale=float(train_config.init_scale), constrain=constrain, loss_chunk=int(train_config.loss_chunk)))
 
-  def train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None = None) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None = None,
+                 depth: jax.Array | None = None) -> tuple[TrainState, dict]:
     """``run_seed`` (traced int32) replaces ``train.seed`` for the depth draws and initial states: ``jax.vmap``
-    over it (and a leading axis of state and batch) trains several seeds in one program."""
+    over it (and a leading axis of state and batch) trains several seeds in one program. ``depth``, an int [2]
+    (n, k), replaces the step's own depth draw: given unbatched to a vmapped step, every seed runs the same
+    iterations (a vmapped loop otherwise runs as many as the deepest seed draws)."""
     with sharding_lib.activation_sharding(mesh, rules):  # the model constrains its activations by the same rules
-      return _train_step(state, batch, run_seed)
+      return _train_step(state, batch, run_seed, depth)
 
-  def _train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None) -> tuple[TrainState, dict]:
+  def _train_step(state: TrainState, batch: Batch, run_seed: jax.Array | None,
+                  depth: jax.Array | None) -> tuple[TrainState, dict]:
     inputs = constrain(batch["inputs"], BATCH_AXES, name="batch inputs")
     labels = constrain(batch["labels"], BATCH_AXES, name="batch labels")
     depth_key, state_key = step_keys(seed if run_seed is None else run_seed, state.step)
-    n, k = sampler.sample_depth(depth_key, r, k0, sigma, train_config.depth_sampler)
+    if depth is None:
+      n, k = sampler.sample_depth(depth_key, r, k0, sigma, train_config.depth_sampler)
+    else:
+      n, k = depth[0], depth[1]
     accum, micro = inputs.shape[:2]
     keys = row_keys(state_key, accum * micro).reshape(accum, micro)
     if accum == 1:

@@ -29,18 +29,24 @@ def _configs():
   return model, train
 
 
-def _alone(model, train, seed):
-  """The seed trained by itself: its own init key, data and depth draws through the plain jitted step."""
+def _alone(model, train, seed, depth_seed=None):
+  """The seed trained by itself through the plain jitted step: its own init key and data; the depth draws of
+  ``depth_seed`` (default: its own)."""
   tx, schedule = opt_lib.make_optimizer(train, train.steps)
   train = train.copy_and_resolve_references()
   train.seed, train.data.seed = seed, seed
   state = state_lib.init_state(model, tx, None, key=jax.random.key(seed))
   step = jax.jit(step_lib.make_train_step(model, train, tx, schedule))
   data = iter(pipeline.from_config(train, RunningParitySource(STEPS * BATCH, SEQ, seed=seed)))
+  depths = [None] * STEPS
+  if depth_seed is not None:
+    other = train.copy_and_resolve_references()
+    other.seed = depth_seed
+    depths = step_lib.depth_schedule(other, model, 0, STEPS)
   losses = []
-  for _ in range(STEPS):
+  for depth in depths:
     batch = {k: v[None] for k, v in next(data).items()}
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, None, depth)
     losses.append(float(metrics["loss"]))
   return state.params, losses
 
@@ -54,13 +60,25 @@ def seeds_run(tmp_path_factory):
   return model, train, result
 
 
-def test_a_seed_equals_the_seed_trained_alone(seeds_run):
-  model, train, result = seeds_run
-  i = 1  # not the first: the seed axis must line up for every seed
-  params, losses = _alone(model, train, SEEDS[i])
+def _assert_run_equals(result, i, params, losses):
   np.testing.assert_allclose([row["loss"][i] for row in result.history], [losses[1], losses[3]], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(result.seed_params(i)), jax.tree.leaves(params)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
+def test_a_seed_equals_the_seed_trained_alone_on_the_shared_depth_schedule(seeds_run):
+  model, train, result = seeds_run
+  i = 1  # not the first: the seed axis must line up for every seed
+  _assert_run_equals(result, i, *_alone(model, train, SEEDS[i], depth_seed=SEEDS[0]))
+  own_params, _ = _alone(model, train, SEEDS[i])  # the shared schedule differs from the seed's own here
+  assert not np.allclose(jax.tree.leaves(own_params)[0], jax.tree.leaves(result.seed_params(i))[0])
+
+
+def test_a_seed_with_its_own_depth_draws_equals_the_seed_trained_alone():
+  model, train = _configs()
+  result = train_seeds(train, model, SEEDS, save=False, shared_depth=False,
+                       source_for_seed=lambda seed: RunningParitySource(STEPS * BATCH, SEQ, seed=seed))
+  _assert_run_equals(result, 1, *_alone(model, train, SEEDS[1]))
 
 
 def test_seeds_differ_and_their_weights_are_saved(seeds_run):
