@@ -1,17 +1,21 @@
 """The main job: test-time compute scaling of a depth-recurrent Huginn, reproduced from scratch on a CPU, on every seed.
 
 Trains a small Huginn with the real training stack (the original's stochastic-depth sampler and truncated
-backprop, the atan2-Adam optax chain, a grain pipeline, Orbax checkpoints of the results) on running parity, where
-position t needs a chain of t XORs, from several seeds at once (the train step vmapped over a seed axis). A
-non-recurrent baseline with the same parameters and training (one iteration, always) is the control. Both are
-evaluated at 1..128 test-time iterations on strings of the training length and on 2x and 4x longer ones, never
-seen in training (easy to hard). The verdict is decided on the worst seed.
+backprop, the atan2-Adam optax chain, a grain pipeline, Orbax checkpoints of the results) on chained parity: every
+token carries a bit and a hop h in 1..3, and its label is its bit XOR the label h positions back, so a position
+needs one lookup per link of its chain back to the start (``huginn_jax.tasks.running_parity``). Counting the ones
+does not solve it (it solves plain running parity, ``--max-hop 1``, where a one-pass transformer does well), so a
+model must follow the links, and a recurrent one can follow more of them with more iterations. Several seeds train
+at once (the train step vmapped over a seed axis). A non-recurrent baseline with the same parameters and training
+(one iteration, always) is the control. Both are evaluated at 1..128 test-time iterations on strings of the
+training length and on 2x and 4x longer ones, never seen in training (easy to hard). The verdict is decided on the
+worst seed.
 
 Writes ``results.json`` (every seed's numbers), ``scaling.png`` (accuracy against iterations per test length:
-median line, min-max band, one thin line per seed; accuracy by position) and ``adaptive.png`` (iterations the KL
-exit rule spends per position, median over seeds) to ``--out``.
+median line, min-max band, one thin line per seed; accuracy by chain length) and ``adaptive.png`` (iterations the
+KL exit rule spends per chain length, median over seeds) to ``--out``.
 
-  python experiments/test_time_scaling.py --out outputs/main          # ~8 minutes on 2 CPU cores
+  python experiments/test_time_scaling.py --out outputs/main
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import time
 
 import numpy as np
 
-EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # the recurrent model's test-time iterations
+BASELINE_STEPS = (1,)  # the baseline is trained at one iteration, always, and evaluated so
 LENGTH_FACTORS = (1, 2, 4)
 MODELS = ("recurrent", "baseline")
 # What the default run must show, on every seed (issue 12); the verdict names each check.
@@ -34,12 +39,15 @@ SOLVED = 0.98  # median accuracy over seeds at every r >= 8, training length
 
 
 def model_config(args):
-  """A 4-layer Huginn (prelude 1, core 2, coda 1; d=32), positions for the longest test strings. Narrow on purpose:
-  five seeds of it train in minutes on a CPU."""
+  """A 4-layer Huginn (prelude 1, core 2, coda 1; d=64 in heads of 8), positions for the longest test strings.
+  Small on purpose: five seeds of it train in minutes on a CPU; narrower ones (d=32, or d=48) learned the links on
+  only some seeds."""
   import huginn_jax as hj
-  config = hj.get_config("tiny", vocab_size=4, d_model=32, n_heads=4, head_dim=8, intermediate_size=64,
+  from huginn_jax.tasks import running_parity
+  config = hj.get_config("tiny", vocab_size=running_parity.vocab_size(args.max_hop), d_model=args.width, n_heads=args.width // args.head_dim,
+                         head_dim=args.head_dim, intermediate_size=2 * args.width,
                          n_layers_prelude=1, n_layers_core=2, n_layers_coda=1,
-                         max_seq_len=args.bits * max(LENGTH_FACTORS) + 1, mean_recurrence=args.mean_recurrence,
+                         max_seq_len=args.bits * max(LENGTH_FACTORS) + 1, rope_base=args.rope_base, mean_recurrence=args.mean_recurrence,
                          mean_backprop_depth=args.backprop_depth)
   config.name = "parity-huginn"
   return config
@@ -59,7 +67,7 @@ def train_config(args, *, recurrent: bool):
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = min(50, args.steps // 5)
   c.optimizer.cooldown_steps = 0
-  c.data.shuffle = False  # rows in order: the length curriculum is in the data (RunningParitySource)
+  c.data.shuffle = False  # rows in order: the curriculum is in the data (RunningParitySource)
   c.log.every = max(args.steps // 10, 1)
   c.log.tensorboard = False
   if recurrent:  # the original's sampler: p ~ Poisson(LogNormal) + 1, the last k0 iterations with gradient
@@ -71,38 +79,49 @@ def train_config(args, *, recurrent: bool):
 
 
 def run_training(args, config, *, recurrent: bool):
-  from huginn_jax.tasks.running_parity import START, RunningParitySource
+  from huginn_jax.tasks.running_parity import RunningParitySource, start_token
   from huginn_jax.training.seeds import train_seeds
   name = "recurrent" if recurrent else "baseline"
   rows = args.steps * args.batch_size
   source = functools.partial(RunningParitySource, rows, args.bits + 1, curriculum_rows=int(args.curriculum * rows),
-                             start_len=min(args.curriculum_start, args.bits) + 1, start_token=START)
+                             start_links=min(args.curriculum_start, args.bits), start_token=start_token(args.max_hop),
+                             max_hop=args.max_hop)
   return train_seeds(train_config(args, recurrent=recurrent), config, args.seeds,
                      source_for_seed=lambda seed: source(seed=seed), workdir=os.path.join(args.out, name))
 
 
-def evaluate_seeds(params, config, tests: dict, thresholds) -> dict:
-  """Accuracy per (length, r, seed), accuracy by position (median over seeds) and KL exit steps per position."""
+def mean_by_links(values: np.ndarray, links: np.ndarray, min_count: int = 16) -> list[float]:
+  """Mean of ``values`` [seeds, B, S] over the positions of each chain length 1, 2, ... ([seeds, K] as lists),
+  up to the last length with at least ``min_count`` test positions."""
+  counts = np.bincount(links.ravel())
+  top = max(k for k in range(1, len(counts)) if counts[k] >= min_count)
+  return [[float(v[links == k].mean()) for k in range(1, top + 1)] for v in values]
+
+
+def evaluate_seeds(params, config, tests: dict, thresholds, eval_steps=EVAL_STEPS) -> dict:
+  """Accuracy per (length, r, seed); accuracy and KL exit steps by chain length (links back to the start; the
+  position for running parity), median over seeds."""
   import jax
   import jax.numpy as jnp
   from huginn_jax.tasks import evaluate
 
   @jax.jit
   def profile(params, inputs):  # all seeds at once: exit steps [seeds, T, B, S], predictions [seeds, R, B, S]
-    return jax.vmap(lambda p: evaluate.step_profile(p, inputs, config=config, max_steps=max(EVAL_STEPS),
-                                                    thresholds=tuple(thresholds), record_steps=EVAL_STEPS))(params)
+    return jax.vmap(lambda p: evaluate.step_profile(p, inputs, config=config, max_steps=max(eval_steps),
+                                                    thresholds=tuple(thresholds), record_steps=eval_steps))(params)
 
-  out = {"accuracy": {}, "by_position": {}, "exit_steps_by_position": {}}
+  out = {"accuracy": {}, "by_links": {}, "exit_steps_by_links": {}}
   for length, test in tests.items():
     exit_steps, predictions = (np.asarray(x) for x in profile(params, jnp.asarray(test["inputs"])))
     hits = predictions[..., 1:] == test["labels"][None, None, :, 1:]  # [seeds, R, B, bits]; 0: the start token
-    out["accuracy"][str(length)] = {str(r): hits[:, i].mean(axis=(1, 2)).tolist() for i, r in enumerate(EVAL_STEPS)}
-    out["by_position"][str(length)] = {str(r): np.median(hits[:, i].mean(axis=1), axis=0).tolist()
-                                       for i, r in enumerate(EVAL_STEPS)}
+    links = test["hops"][:, 1:]
+    out["accuracy"][str(length)] = {str(r): hits[:, i].mean(axis=(1, 2)).tolist() for i, r in enumerate(eval_steps)}
+    out["by_links"][str(length)] = {str(r): np.median(mean_by_links(hits[:, i], links), axis=0).tolist()
+                                    for i, r in enumerate(eval_steps)}
     if thresholds:
-      mean_exit = exit_steps[..., 1:].mean(axis=2)  # [seeds, thresholds, bits]
-      out["exit_steps_by_position"][str(length)] = {f"{t:g}": np.median(mean_exit[:, i], axis=0).tolist()
-                                                    for i, t in enumerate(thresholds)}
+      out["exit_steps_by_links"][str(length)] = {
+          f"{t:g}": np.median(mean_by_links(exit_steps[:, i, :, 1:], links), axis=0).tolist()
+          for i, t in enumerate(thresholds)}
   return out
 
 
@@ -145,11 +164,11 @@ def print_tables(results: dict) -> None:
   for length in results["test_lengths"]:
     tag = "training length" if length == results["train_len"] else f"{length // results['train_len']}x longer"
     print(f"\naccuracy on {length}-bit strings ({tag}); median [min .. max] over {len(seeds)} seeds")
-    print("    r | recurrent              | baseline")
+    print("    r | recurrent              | baseline (trained and run at r=1)")
     for r in EVAL_STEPS:
       cells = []
       for name in MODELS:
-        a = np.asarray(results[name]["accuracy"][str(length)][str(r)])
+        a = np.asarray(results[name]["accuracy"][str(length)].get(str(r), results[name]["accuracy"][str(length)]["1"]))
         cells.append(f"{np.median(a):.3f} [{a.min():.3f} .. {a.max():.3f}]")
       print(f"  {r:>3} | {cells[0]:<22} | {cells[1]}")
   length = str(results["train_len"])
@@ -157,11 +176,11 @@ def print_tables(results: dict) -> None:
   for i, seed in enumerate(seeds):
     rec = " / ".join(f"{results['recurrent']['accuracy'][length][str(r)][i]:.3f}" for r in EVAL_STEPS)
     print(f"  seed {seed}: {rec}; baseline {results['baseline']['accuracy'][length]['1'][i]:.3f}")
-  print("\nadaptive compute, KL exit rule: median over seeds of the mean iterations spent, first / middle / last "
-        "third of the positions")
+  print("\nadaptive compute, KL exit rule: median over seeds of the mean iterations spent, by chain length "
+        "(shortest / middle / longest third of the chains)")
   for length in results["test_lengths"]:
-    for threshold, by_pos in results["recurrent"]["exit_steps_by_position"][str(length)].items():
-      third = np.array_split(np.asarray(by_pos), 3)
+    for threshold, by_links in results["recurrent"]["exit_steps_by_links"][str(length)].items():
+      third = np.array_split(np.asarray(by_links), 3)
       print(f"  {length:>3} bits, KL < {threshold}: " + " / ".join(f"{p.mean():.1f}" for p in third))
 
 
@@ -170,16 +189,18 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   lengths = results["test_lengths"]
+  longest_trained = len(results["recurrent"]["by_links"][str(results["train_len"])]["1"])
   fig, axes = plt.subplots(2, len(lengths), figsize=(5 * len(lengths), 8), squeeze=False)
   colors = {"recurrent": "tab:blue", "baseline": "tab:orange"}
   for col, length in enumerate(lengths):
     ax = axes[0, col]
     for name in MODELS:
-      acc = np.asarray([results[name]["accuracy"][str(length)][str(r)] for r in EVAL_STEPS])  # [r, seeds]
+      by_r = results[name]["accuracy"][str(length)]  # the baseline has r=1 only: drawn flat
+      acc = np.asarray([by_r.get(str(r), by_r["1"]) for r in EVAL_STEPS])  # [r, seeds]
       for seed_curve in acc.T:
         ax.plot(EVAL_STEPS, seed_curve, color=colors[name], lw=0.6, alpha=0.45)
       ax.fill_between(EVAL_STEPS, acc.min(1), acc.max(1), color=colors[name], alpha=0.15)
-      ax.plot(EVAL_STEPS, np.median(acc, 1), "o-", color=colors[name], lw=2, label=f"{name} (median, min-max)")
+      ax.plot(EVAL_STEPS, np.median(acc, 1), "o-", color=colors[name], lw=2, label=f"{name} (median, min-max)" + (" at r=1" if name == "baseline" else ""))
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_ylim(0.4, 1.02)
@@ -192,15 +213,16 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
     ax = axes[1, col]
     cmap = plt.get_cmap("viridis")
     for i, r in enumerate(EVAL_STEPS):
-      by_pos = results["recurrent"]["by_position"][str(length)][str(r)]
-      ax.plot(np.arange(1, length + 1), by_pos, color=cmap(i / (len(EVAL_STEPS) - 1)), label=f"r={r}")
-    ax.axvline(results["train_len"], color="grey", lw=0.8, ls="--")
+      by_links = results["recurrent"]["by_links"][str(length)][str(r)]
+      ax.plot(np.arange(1, len(by_links) + 1), by_links, color=cmap(i / (len(EVAL_STEPS) - 1)), label=f"r={r}")
+    ax.axvline(longest_trained, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0.4, 1.02)
-    ax.set_xlabel("position t (needs t XORs); dashed: training length")
+    ax.set_xlabel("chain length (XORs to resolve); dashed: longest chain tested at the training length")
     ax.set_ylabel("recurrent accuracy (median over seeds)")
     if col == 0:
       ax.legend(fontsize=7, ncol=2)
-  fig.suptitle(f"Running parity, {len(results['seeds'])} seeds: accuracy against test-time compute")
+  task = "Running parity" if results["args"]["max_hop"] == 1 else f"Chained parity (hops 1-{results['args']['max_hop']})"
+  fig.suptitle(f"{task}, {len(results['seeds'])} seeds: accuracy against test-time compute")
   fig.tight_layout()
   fig.savefig(path_scaling, dpi=110)
   plt.close(fig)
@@ -208,10 +230,10 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
   fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.8), squeeze=False)
   for col, length in enumerate(lengths):
     ax = axes[0, col]
-    for threshold, steps in results["recurrent"]["exit_steps_by_position"][str(length)].items():
-      ax.plot(np.arange(1, length + 1), steps, "o-", ms=2, label=f"KL < {threshold}")
-    ax.axvline(results["train_len"], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("position t (difficulty: t XORs)")
+    for threshold, steps in results["recurrent"]["exit_steps_by_links"][str(length)].items():
+      ax.plot(np.arange(1, len(steps) + 1), steps, "o-", ms=2, label=f"KL < {threshold}")
+    ax.axvline(longest_trained, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("chain length (difficulty: XORs to resolve)")
     ax.set_ylabel("iterations spent (median over seeds)")
     ax.set_title(f"KL exit rule, {length} bits")
     ax.legend(fontsize=8)
@@ -224,17 +246,21 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", default="outputs/main")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-  parser.add_argument("--steps", type=int, default=1600)
+  parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--bits", type=int, default=20, help="training length in bits (after a start token)")
   parser.add_argument("--curriculum", type=float, default=0.3,
-                      help="fraction of the steps over which the labelled length grows to --seq-len")
-  parser.add_argument("--curriculum-start", type=int, default=4, help="labelled length at the first step")
+                      help="fraction of the steps over which the longest labelled chain grows to --bits links")
+  parser.add_argument("--curriculum-start", type=int, default=4, help="longest labelled chain at the first step")
+  parser.add_argument("--max-hop", type=int, default=3, help="longest link of the parity chain (1: running parity)")
+  parser.add_argument("--width", type=int, default=64, help="d_model (heads of 8, MLP 2 x width)")
+  parser.add_argument("--head-dim", type=int, default=8)
+  parser.add_argument("--rope-base", type=float, default=1000.0)
   parser.add_argument("--mean-recurrence", type=int, default=8)
   parser.add_argument("--backprop-depth", type=int, default=4)
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
-  parser.add_argument("--eval-tokens", type=int, default=4096, help="test tokens per test length")
+  parser.add_argument("--eval-tokens", type=int, default=2048, help="test tokens per test length")
   parser.add_argument("--exit-thresholds", type=float, nargs="*", default=[1e-3, 1e-4, 1e-5])
   args = parser.parse_args(argv)
   if len(set(args.seeds)) != len(args.seeds):
@@ -246,14 +272,16 @@ def main(argv=None) -> dict:
   from huginn_jax.tasks import running_parity
   config = model_config(args)
   lengths = [args.bits * f for f in LENGTH_FACTORS]
-  print(f"running parity, trained on {args.bits} bits, tested on {', '.join(map(str, lengths))}; Huginn with "
+  task = "running parity" if args.max_hop == 1 else f"chained parity (hops 1..{args.max_hop})"
+  print(f"{task}, trained on {args.bits} bits, tested on {', '.join(map(str, lengths))}; Huginn with "
         f"{num_params(config):,} params (prelude 1, core 2 x r, coda 1); {args.steps} steps of {args.batch_size} "
         f"sequences; seeds {args.seeds}", flush=True)
   results: dict = {"args": vars(args), "params": num_params(config), "seeds": list(args.seeds),
                    "train_len": args.bits, "test_lengths": lengths, "eval_steps": list(EVAL_STEPS)}
   tests = {length: running_parity.make_examples(np.random.default_rng(10_000 + length),
                                                 max(args.eval_tokens // length, 8), length + 1,
-                                                start_token=running_parity.START) for length in lengths}
+                                                start_token=running_parity.start_token(args.max_hop),
+                                                max_hop=args.max_hop) for length in lengths}
   for recurrent in (True, False):
     name = "recurrent" if recurrent else "baseline"
     print(f"\n== training the {name} model, {len(args.seeds)} seeds", flush=True)
@@ -261,9 +289,10 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     info = {"train_seconds": trained.train_seconds, "final_loss": trained.history[-1]["loss"],
             "history": trained.history, "checkpoints": list(trained.checkpoints)}
-    info.update(evaluate_seeds(trained.params, config, tests, args.exit_thresholds if recurrent else ()))
+    info.update(evaluate_seeds(trained.params, config, tests, args.exit_thresholds if recurrent else (),
+                               EVAL_STEPS if recurrent else BASELINE_STEPS))
     info["eval_seconds"] = time.perf_counter() - start
-    print(f"evaluated at r = {', '.join(map(str, EVAL_STEPS))} on {len(lengths)} test lengths in "
+    print(f"evaluated at r = {', '.join(map(str, EVAL_STEPS if recurrent else BASELINE_STEPS))} on {len(lengths)} test lengths in "
           f"{info['eval_seconds']:.0f}s", flush=True)
     results[name] = info
 

@@ -1,11 +1,19 @@
-"""Running parity: read a bit string and emit, at every position t, the XOR of bits 0..t.
+"""Running parity and its chained form: at every position, the XOR of the bits along a chain back to the start.
 
-Position t depends on every earlier bit through a chain of t XORs, so later positions are harder: a model that
-propagates one step of the chain per unit of depth needs depth growing with t. This is the prefix-sum task of
-"Can You Learn an Algorithm?" (Schwarzschild et al., 2021), the classic probe of recurrent-depth extrapolation.
-Tokens: 0 and 1, and optionally a start token (``START``) before the bits: a fixed first position that attention
-can rest on, so that the first bit is read like every other bit (without it a model tends to treat position 0 as
-that resting place and gets the XOR of the first two bits wrong).
+Running parity (``max_hop=1``): position t emits the XOR of bits 0..t, a chain of t XORs, so later positions are
+harder (the prefix-sum task of "Can You Learn an Algorithm?", Schwarzschild et al., 2021). A transformer can
+shortcut it by counting the ones (parity is a count mod 2), and a one-pass 4-layer model does so well enough to
+leave little room for recurrence.
+
+Chained parity (``max_hop=H > 1``): each token carries a bit and a hop h in 1..H; the label of position t is its
+bit XOR the label of position t - h (the start, or nothing before position 0, counts as 0). The positions on a
+chain are set by the data, not by the order, so counting does not help: a model needs one attention lookup per
+link, and the number of links (``hops``, returned with the examples) is the difficulty. A depth-recurrent model can
+follow one link or more per iteration, so more iterations resolve longer chains, also longer than any in training.
+
+Tokens: ``2 * (h - 1) + bit`` (0 and 1 for running parity), and optionally a start token (``start_token(H)``,
+the next id) before the bits: a fixed first position that attention can rest on, so the first bit is read like
+every other bit (without it a model tends to use position 0 as that resting place and misreads its bit).
 """
 
 from __future__ import annotations
@@ -15,49 +23,82 @@ import numpy as np
 from huginn_jax.api import IGNORE_INDEX
 
 
-START = 2  # the start token's id (the demo model's vocabulary has 4 ids)
+START = 2  # running parity's start token (``start_token(1)``)
 
 
-def make_examples(rng: np.random.Generator, batch: int, seq_len: int, *,
-                  start_token: int | None = None) -> dict[str, np.ndarray]:
-  """``inputs`` bits [batch, seq_len] and ``labels`` their running parity, both int32. With ``start_token``, the
-  first of the seq_len positions holds it (label -100) and seq_len - 1 bits follow."""
+def start_token(max_hop: int = 1) -> int:
+  """The start token's id: the first id after the 2 * max_hop (hop, bit) tokens."""
+  return 2 * max_hop
+
+
+def vocab_size(max_hop: int = 1) -> int:
+  """Ids a model needs for the bits, hops and the start token."""
+  return start_token(max_hop) + 1
+
+
+def make_examples(rng: np.random.Generator, batch: int, seq_len: int, *, start_token: int | None = None,
+                  max_hop: int = 1) -> dict[str, np.ndarray]:
+  """``inputs`` [batch, seq_len], ``labels`` (the chained parity) and ``hops`` (links from each position back to
+  the start; 0 at the start token), all int32. With ``start_token``, the first of the seq_len positions holds it
+  (label -100) and seq_len - 1 bits follow. Hops are drawn uniformly in 1..min(max_hop, t + 1) at bit t."""
+  if max_hop < 1:
+    raise ValueError(f"max_hop must be >= 1, got {max_hop}.")
   num_bits = seq_len - (start_token is not None)
   if num_bits < 1:
     raise ValueError(f"seq_len {seq_len} leaves no bits after the start token.")
   bits = rng.integers(0, 2, (batch, num_bits), dtype=np.int32)
-  labels = (np.cumsum(bits, axis=1) % 2).astype(np.int32)
+  if max_hop == 1:  # running parity (the same draws as before hops existed)
+    step = np.ones_like(bits)
+    labels = (np.cumsum(bits, axis=1) % 2).astype(np.int32)
+    hops = np.broadcast_to(np.arange(1, num_bits + 1, dtype=np.int32), bits.shape).copy()
+  else:
+    reach = np.minimum(np.arange(num_bits) + 1, max_hop)  # a hop never lands before the start
+    step = (np.floor(rng.random((batch, num_bits)) * reach) + 1).astype(np.int32)
+    labels, hops = np.zeros_like(bits), np.zeros_like(bits)
+    rows = np.arange(batch)
+    for t in range(num_bits):
+      back = t - step[:, t]  # -1: the start
+      labels[:, t] = bits[:, t] ^ np.where(back >= 0, labels[rows, np.maximum(back, 0)], 0)
+      hops[:, t] = 1 + np.where(back >= 0, hops[rows, np.maximum(back, 0)], 0)
+  tokens = (2 * (step - 1) + bits).astype(np.int32)
   if start_token is None:
-    return {"inputs": bits, "labels": labels}
+    return {"inputs": tokens, "labels": labels, "hops": hops}
   column = lambda value: np.full((batch, 1), value, np.int32)
-  return {"inputs": np.concatenate([column(start_token), bits], axis=1),
-          "labels": np.concatenate([column(IGNORE_INDEX), labels], axis=1)}
+  return {"inputs": np.concatenate([column(start_token), tokens], axis=1),
+          "labels": np.concatenate([column(IGNORE_INDEX), labels], axis=1),
+          "hops": np.concatenate([column(0), hops], axis=1)}
 
 
 class RunningParitySource:
-  """A random-access (grain) source of ``num_rows`` examples; row i is a pure function of (seed, i).
+  """A random-access (grain) source of ``num_rows`` examples of (chained) running parity; row i is a pure
+  function of (seed, i).
 
-  A length curriculum: with ``curriculum_rows`` > 0, row i labels only its first
-  ``start_len + (seq_len - start_len) * i / curriculum_rows`` positions (the rest get -100, no loss), so a model
-  learns the short chains first; read the rows in order (``data.shuffle = False``) to make it a curriculum over
-  train steps. Causal attention means the unlabelled tail never changes the labelled positions' predictions.
+  A difficulty curriculum: with ``curriculum_rows`` > 0, row i labels only the positions whose chain has at most
+  ``start_links + (bits - start_links) * i / curriculum_rows`` links (the rest get -100, no loss), so a model
+  learns the short chains first; for running parity that is a length curriculum (the first positions). Read the
+  rows in order (``data.shuffle = False``) to make it a curriculum over train steps. Causal attention means the
+  unlabelled positions never change the labelled positions' predictions.
   """
 
-  def __init__(self, num_rows: int, seq_len: int, seed: int = 0, *, curriculum_rows: int = 0, start_len: int = 1,
-               start_token: int | None = None):
+  def __init__(self, num_rows: int, seq_len: int, seed: int = 0, *, curriculum_rows: int = 0, start_links: int = 1,
+               start_token: int | None = None, max_hop: int = 1):
     if num_rows <= 0 or seq_len <= 0:
       raise ValueError(f"num_rows and seq_len must be positive, got {num_rows} and {seq_len}.")
-    if curriculum_rows < 0 or not 1 <= start_len <= seq_len:
-      raise ValueError(f"curriculum_rows must be >= 0 and start_len in [1, seq_len={seq_len}], got "
-                       f"{curriculum_rows} and {start_len}.")
+    self.num_bits = seq_len - (start_token is not None)
+    if curriculum_rows < 0 or not 1 <= start_links <= max(self.num_bits, 1):
+      raise ValueError(f"curriculum_rows must be >= 0 and start_links in [1, {self.num_bits}] (the bits of a row), "
+                       f"got {curriculum_rows} and {start_links}.")
+    if max_hop < 1:
+      raise ValueError(f"max_hop must be >= 1, got {max_hop}.")
     self.num_rows, self.seq_len, self.seed = num_rows, seq_len, seed
-    self.curriculum_rows, self.start_len, self.start_token = curriculum_rows, start_len, start_token
+    self.curriculum_rows, self.start_links, self.start_token = curriculum_rows, start_links, start_token
+    self.max_hop = max_hop
 
-  def labelled_length(self, index: int) -> int:
-    """How many leading positions of row ``index`` carry a label."""
+  def labelled_links(self, index: int) -> int:
+    """The longest chain that row ``index`` labels."""
     if index >= self.curriculum_rows:
-      return self.seq_len
-    return self.start_len + (self.seq_len - self.start_len) * index // self.curriculum_rows
+      return self.num_bits
+    return self.start_links + (self.num_bits - self.start_links) * index // self.curriculum_rows
 
   def __len__(self) -> int:
     return self.num_rows
@@ -65,7 +106,7 @@ class RunningParitySource:
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     if not 0 <= index < self.num_rows:
       raise IndexError(f"row {index} out of range [0, {self.num_rows}).")
-    example = {k: v[0] for k, v in make_examples(np.random.default_rng((self.seed, int(index))), 1, self.seq_len,
-                                                  start_token=self.start_token).items()}
-    example["labels"][self.labelled_length(index):] = IGNORE_INDEX
-    return example
+    example = make_examples(np.random.default_rng((self.seed, int(index))), 1, self.seq_len,
+                            start_token=self.start_token, max_hop=self.max_hop)
+    labels = np.where(example["hops"][0] <= self.labelled_links(index), example["labels"][0], IGNORE_INDEX)
+    return {"inputs": example["inputs"][0], "labels": labels.astype(np.int32)}

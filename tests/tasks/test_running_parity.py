@@ -22,6 +22,50 @@ def test_labels_are_the_running_xor_and_rows_are_deterministic():
     running_parity.RunningParitySource(0, 12)
 
 
+def test_chained_parity_follows_each_link_and_hops_count_them():
+  max_hop = 3
+  data = running_parity.make_examples(np.random.default_rng(1), 64, 30, start_token=running_parity.start_token(max_hop),
+                                      max_hop=max_hop)
+  assert running_parity.start_token(max_hop) == 6 and running_parity.vocab_size(max_hop) == 7
+  tokens, labels, hops = data["inputs"][:, 1:], data["labels"][:, 1:], data["hops"][:, 1:]
+  assert (data["inputs"][:, 0] == 6).all() and (data["labels"][:, 0] == -100).all() and (data["hops"][:, 0] == 0).all()
+  step, bits = tokens // 2 + 1, tokens % 2
+  assert step.min() == 1 and step.max() == max_hop
+  for row in range(64):  # a direct reading of the rule, position by position
+    for t in range(29):
+      back = t - step[row, t]
+      assert back >= -1  # never before the start
+      prev_label, prev_hops = (labels[row, back], hops[row, back]) if back >= 0 else (0, 0)
+      assert labels[row, t] == bits[row, t] ^ prev_label
+      assert hops[row, t] == prev_hops + 1
+  assert hops.max() < 29  # links skip positions: shorter chains than running parity's
+
+
+def test_running_parity_is_chained_parity_with_single_steps():
+  rng = lambda: np.random.default_rng(5)
+  plain = running_parity.make_examples(rng(), 3, 9, start_token=running_parity.START)
+  assert running_parity.START == running_parity.start_token(1)
+  np.testing.assert_array_equal(plain["hops"][:, 1:], np.broadcast_to(np.arange(1, 9), (3, 8)))
+  np.testing.assert_array_equal(plain["labels"][:, 1:], np.bitwise_xor.accumulate(plain["inputs"][:, 1:], axis=1))
+
+
+def test_curriculum_labels_short_chains_first():
+  source = running_parity.RunningParitySource(100, 21, seed=2, curriculum_rows=50, start_links=2, start_token=6,
+                                              max_hop=3)
+  assert source.labelled_links(0) == 2 and source.labelled_links(25) == 11 and source.labelled_links(60) == 20
+  for index in (0, 25, 60):
+    row = source[index]
+    full = running_parity.make_examples(np.random.default_rng((2, index)), 1, 21, start_token=6, max_hop=3)
+    np.testing.assert_array_equal(row["inputs"], full["inputs"][0])
+    keep = full["hops"][0] <= source.labelled_links(index)
+    np.testing.assert_array_equal(row["labels"], np.where(keep, full["labels"][0], -100))
+  assert (source[60]["labels"][1:] != -100).all()
+  with pytest.raises(ValueError, match="start_links"):
+    running_parity.RunningParitySource(10, 21, start_links=30, start_token=6)
+  with pytest.raises(ValueError, match="max_hop"):
+    running_parity.make_examples(np.random.default_rng(0), 1, 5, max_hop=0)
+
+
 def test_accuracy_and_exit_steps_on_the_fixture_model(tiny_model):
   config, params = tiny_model
   data = running_parity.make_examples(np.random.default_rng(0), 4, 10)
