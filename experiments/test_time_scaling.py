@@ -217,7 +217,7 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
       ax.plot(np.arange(1, len(by_links) + 1), by_links, color=cmap(i / (len(EVAL_STEPS) - 1)), label=f"r={r}")
     ax.axvline(longest_trained, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0.4, 1.02)
-    ax.set_xlabel("chain length (XORs to resolve); dashed: longest chain tested at the training length")
+    ax.set_xlabel("chain length (links); dashed: longest at the training length")
     ax.set_ylabel("recurrent accuracy (median over seeds)")
     if col == 0:
       ax.legend(fontsize=7, ncol=2)
@@ -233,7 +233,7 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
     for threshold, steps in results["recurrent"]["exit_steps_by_links"][str(length)].items():
       ax.plot(np.arange(1, len(steps) + 1), steps, "o-", ms=2, label=f"KL < {threshold}")
     ax.axvline(longest_trained, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("chain length (difficulty: XORs to resolve)")
+    ax.set_xlabel("chain length (links); dashed: longest at the training length")
     ax.set_ylabel("iterations spent (median over seeds)")
     ax.set_title(f"KL exit rule, {length} bits")
     ax.legend(fontsize=8)
