@@ -195,9 +195,17 @@ def set_depth(cache: KVCache, start: Array, length: int, depth, gate: Array) -> 
 
 
 def _written(layout: CacheLayout, depth: Array) -> Array:
-  """[B, T] how many core slots (the first ones) each cached token wrote."""
-  table = jnp.asarray(layout.slots_written(), jnp.int32)
-  return table[jnp.clip(depth, 0, layout.num_steps)]
+  """[B, T] how many core slots (the first ones) each cached token wrote: ``layout.slots_written()[depth]``.
+
+  Computed in closed form, not looked up in that table: slot k is first written by flat core index k*m under
+  ``compress-r{m}`` and k otherwise, so a token of depth n wrote ceil(c*n / m) of them (m = 1 otherwise), at most
+  all. Elementwise, it fuses into the attention mask; a table lookup is a gather, one more kernel per core layer
+  and iteration of the decode loop.
+  """
+  flat = layout.n_core * jnp.clip(depth, 0, layout.num_steps)
+  if layout.compress == "r" and layout.m > 1:  # ceil(flat / m); flat >= 0, so truncating division is exact here
+    flat = jax.lax.div(flat + (layout.m - 1), jnp.int32(layout.m))
+  return jnp.minimum(flat, layout.core_slots)
 
 
 def _same_layer_at_most(layout: CacheLayout, rel, bound: Array) -> Array:

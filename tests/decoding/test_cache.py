@@ -133,6 +133,17 @@ def test_writes_go_to_each_rows_position_and_respect_the_gate():
   np.testing.assert_array_equal(np.asarray(cache.depth), [[7, 7, 0, 0, 0, 0], [0, 0, 0, 7, 7, 0], [0] * 6])
 
 
+@pytest.mark.parametrize("strategy", ["full", "compress-s4", "compress-s3", "compress-s64", "compress-r4", "compress-r3",
+                                      "compress-r5", "compress-anchor", "latest-m4-compress-r2"])
+def test_slots_written_in_closed_form_equal_the_table(strategy):
+  """The traced count of written core slots (arithmetic, so it fuses into the mask) is the first_writer table's."""
+  config = hj.get_config("tiny")
+  layout = cache_lib.cache_layout(strategy, config, 12)
+  depth = jnp.arange(-1, 15, dtype=jnp.int32)[None]
+  expected = layout.slots_written()[np.clip(np.asarray(depth), 0, 12)]
+  np.testing.assert_array_equal(np.asarray(cache_lib._written(layout, depth)), expected)
+
+
 def test_visibility_follows_the_depth_of_each_token():
   config = hj.get_config("tiny")
   depth = jnp.array([[1, 3, 2, 0]])
