@@ -313,7 +313,7 @@ def bandwidth(torch, device) -> dict:
   out = {"bytes": nbytes,
          "torch_read": nbytes / repeat_until(lambda: x.sum(), sync),
          "torch_copy": 2 * nbytes / repeat_until(lambda: y.copy_(x), sync)}
-  del x, y
+  x = y = None  # free them before XLA's copy
   jx = jnp.ones((n,), jnp.float32)
   total, plus = jax.jit(jnp.sum), jax.jit(lambda a: a + 1.0)
   holder = {}
@@ -327,7 +327,6 @@ def bandwidth(torch, device) -> dict:
   wait = lambda: holder["out"].block_until_ready()  # noqa: E731
   out["xla_read"] = nbytes / repeat_until(reads, wait)
   out["xla_copy"] = 2 * nbytes / repeat_until(copies, wait)
-  del jx, holder
   out["read"] = max(out["torch_read"], out["xla_read"])
   return out
 
@@ -389,14 +388,6 @@ def check_agreement(torch, model, config, params, s: Setting, tolerance: float, 
 
 
 # --- the work --------------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Work:
-  name: str
-  tokens_per_run: int  # tokens a timed run processes (decode: per step of the batch)
-  limit_tokens_per_s: float
-  extra: dict
-
 
 def prefill_fns(torch, sync, model, config, params, s: Setting, rng) -> dict:
   tokens = rng.integers(0, s.vocab, (1, s.prefill_len), np.int32)
@@ -498,11 +489,11 @@ def result_row(label: str, work: str, tok_s: dict[str, float], per_round: dict[s
           "rounds_tokens_per_s": per_round, **extra}
 
 
-def print_rounds(label: str, per_round: dict[str, list[float]]) -> None:
+def print_rounds(label: str, per_round: dict[str, list[float]], other_cpu: float | None) -> None:
   parts = [f"{impl} " + " / ".join(fmt_rate(x) for x in per_round[impl]) for impl in IMPLS]
   spread = max((max(v) / min(v) - 1) for v in per_round.values() if min(v) > 0)
-  flag = "  (rounds differ by more than 10%: was the machine busy?)" if spread > 0.10 else ""
-  print(f"  {label}: tok/s per round: {'; '.join(parts)}{flag}", flush=True)
+  flag = " (rounds differ by more than 10%)" if spread > 0.10 else ""
+  print(f"  {label}: tok/s per round: {'; '.join(parts)}{flag}; {busy_note(other_cpu)}", flush=True)
 
 
 # --- profiles --------------------------------------------------------------------------------------------------------
@@ -567,15 +558,48 @@ def profile_pair(torch, name: str, fns: dict[str, Callable[[], None]], directory
 
 # --- main ------------------------------------------------------------------------------------------------------------
 
-def load_note() -> tuple[float | None, str]:
-  """The 1-minute load average, and a warning when other work competes for the CPUs."""
+class OtherCpu:
+  """CPU time that other processes took while this one ran, as a fraction of all the CPUs (from Linux's
+  /proc/stat, steal time included; None elsewhere). Eager torch slows down far more than XLA when the CPUs are
+  shared, so a busy machine skews the ratios, not only the speeds."""
+
+  def __init__(self):
+    self.start = self.sample()
+
+  @staticmethod
+  def sample():
+    try:
+      with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+      return None
+    busy = sum(values) - values[3] - values[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time(), time.perf_counter()
+
+  def fraction(self) -> float | None:
+    now = self.sample()
+    if now is None or self.start is None:
+      return None
+    busy, own, wall = (a - b for a, b in zip(now, self.start))
+    return max(busy - own, 0.0) / max(wall * (os.cpu_count() or 1), 1e-9)
+
+
+def cpu_name() -> str:
   try:
-    load = os.getloadavg()[0]
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
   except OSError:
-    return None, ""
-  busy = load > 0.5 * (os.cpu_count() or 1)
-  return load, (f" -- BUSY: other work competes for the CPUs, the figures (ratios included: eager torch's "
-                f"threads suffer more from it than XLA's) are not the machine's" if busy else "")
+    pass
+  return platform.processor() or platform.machine() or "cpu"
+
+
+def busy_note(fraction: float | None) -> str:
+  if fraction is None:
+    return "other processes' CPU use unknown"
+  note = f"other processes used {fraction:.0%} of the CPUs"
+  return note + (" -- BUSY: these figures, the ratios too, are not the machine's" if fraction > 0.10 else "")
 
 
 def main(argv=None) -> list[dict]:
@@ -596,16 +620,16 @@ def main(argv=None) -> list[dict]:
 
   info = _common.header("compare_original")
   info.update(torch=torch.__version__, transformers=transformers.__version__, torch_threads=torch.get_num_threads(),
-              torch_device=torch.cuda.get_device_name() if torch_gpu else platform.processor() or "cpu",
+              torch_device=torch.cuda.get_device_name() if torch_gpu else cpu_name(),
               cpu_count=os.cpu_count(), original_commit=original_commit(path), dtype=dtype,
               setting=dataclasses.asdict(s), python=platform.python_version(),
               time=datetime.datetime.now().isoformat(timespec="seconds"))
-  load, warning = load_note()
-  info["load_avg_start"] = load
-  print(f"load average {load}{warning}", flush=True)
+  info["load_avg_start"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+  whole_run = OtherCpu()
   print(f"torch {info['torch']} ({info['torch_threads']} threads, {info['torch_device']}), transformers "
         f"{info['transformers']}, python {info['python']}, {info['cpu_count']} CPUs; original {path} at "
-        f"{info['original_commit']}; {info['time']}", flush=True)
+        f"{info['original_commit']}; {info['time']}; load average {_common.fmt(info['load_avg_start'], '{:.1f}')}",
+        flush=True)
   print(f"shape: d={s.d_model}, {s.heads} heads of {s.d_model // s.heads}, MLP {s.mlp}, vocab {s.vocab}, "
         f"prelude/core/coda {'/'.join(map(str, s.layers))}, r={s.num_steps}; dtype {dtype}", flush=True)
 
@@ -668,13 +692,14 @@ def main(argv=None) -> list[dict]:
   if "prefill" in args.only:
     per_token = flops.forward_flops_per_token(config, s.prefill_len, s.num_steps)
     fns = prefill_fns(torch, sync, model_infer, config, params, s, rng)
+    watch = OtherCpu()
     t = alternate(fns, args.rounds, args.repeats)
     tok_s = {impl: s.prefill_len / min(t[impl]) for impl in IMPLS}
     per_round = {impl: [s.prefill_len / x for x in t[impl]] for impl in IMPLS}
     label = f"prefill, batch 1, {s.prefill_len} tokens, r={s.num_steps}"
     rows.append(result_row(label, "prefill", tok_s, per_round, rate / per_token, batch=1, seq_len=s.prefill_len,
-                           flops_per_token=per_token))
-    print_rounds(label, per_round)
+                           flops_per_token=per_token, other_cpu=watch.fraction()))
+    print_rounds(label, per_round, rows[-1]["other_cpu"])
     if args.profile:
       profiled_prefill = fns
 
@@ -682,6 +707,7 @@ def main(argv=None) -> list[dict]:
     context = s.prompt_len + s.new_tokens / 2
     for batch in args.batches:
       fns = decode_fns(torch, transformers, sync, model_infer, config, params, s, batch, rng)
+      watch = OtherCpu()
       t = alternate(fns, args.rounds, args.repeats)
       steps = s.new_tokens - 1
       per_round = {impl: [batch * steps / max(f - o, 1e-9) for f, o in zip(t[f"{impl} N"], t[f"{impl} 1"])]
@@ -695,10 +721,10 @@ def main(argv=None) -> list[dict]:
       label = f"cached greedy decode, batch {batch}, prompt {s.prompt_len}, {s.new_tokens} new (prefill excluded)"
       rows.append(result_row(label, "decode", tok_s, per_round, limit, batch=batch, prompt_len=s.prompt_len,
                              new_tokens=s.new_tokens, bytes_per_step=moved, flops_per_step=step_flops,
-                             greedy_tokens_agree=agree,
+                             greedy_tokens_agree=agree, other_cpu=watch.fraction(),
                              end_to_end_tokens_per_s={impl: batch * s.new_tokens / min(t[f"{impl} N"])
                                                       for impl in IMPLS}))
-      print_rounds(label, per_round)
+      print_rounds(label, per_round, rows[-1]["other_cpu"])
       print(f"    greedy tokens equal in {agree:.0%} of places; {moved / 1e6:,.0f} MB read per step at least",
             flush=True)
       if args.profile and batch == 1:
@@ -708,18 +734,21 @@ def main(argv=None) -> list[dict]:
     n, k = s.depth
     per_token = flops.train_flops_per_token(config, s.train_len, n, k)
     fns = train_fns(torch, sync, model_train, train_config, train_params, s, dtype, args.remat, rng)
+    watch = OtherCpu()
     t = alternate(fns, args.rounds, args.repeats)
     tok_s = {impl: s.train_len / min(t[impl]) for impl in IMPLS}
     per_round = {impl: [s.train_len / x for x in t[impl]] for impl in IMPLS}
     label = f"loss + gradients, {s.train_len} tokens, n={n} + k={k}"
     rows.append(result_row(label, "train", tok_s, per_round, rate / per_token, batch=1, seq_len=s.train_len,
-                           n=n, k=k, remat=args.remat, flops_per_token=per_token))
-    print_rounds(label, per_round)
+                           n=n, k=k, remat=args.remat, flops_per_token=per_token, other_cpu=watch.fraction()))
+    print_rounds(label, per_round, rows[-1]["other_cpu"])
 
   timed = [r for r in rows if "ratio" in r]
-  load, warning = load_note()
-  rows.append({"work": "load", "load_avg_end": load})
-  print(f"load average at the end {load}{warning}")
+  other = whole_run.fraction()
+  rows.append({"work": "other_cpu", "other_cpu": other, "load_avg_end": os.getloadavg()[0]
+               if hasattr(os, "getloadavg") else None})
+  print(f"during the whole run, {busy_note(other)} (load average {_common.fmt(info['load_avg_start'], '{:.1f}')} "
+        f"at the start)")
   print(f"\n{dtype}, {info['device']} ({backend}); ratio = huginn-jax / original; limit: the machine's measured GEMM "
         f"rate ({rate / 1e9:,.0f} GFLOP/s) and read bandwidth ({bw['read'] / 1e9:,.1f} GB/s)")
   print(table(timed))
