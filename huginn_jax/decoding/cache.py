@@ -3,6 +3,8 @@
 The original keeps a dict of KV entries per (layer, recurrence step) and per token. Here every entry lives in
 ``k_store``/``v_store`` arrays shaped [slots, B, T, H, D]; ``depth`` [B, T] records how many core iterations were
 computed for the token at each position, which is all that is needed to know which core slots hold an entry for it.
+The cache is sized for tokens of at most ``max_depth`` core iterations (r below); a chunk runs ``num_steps`` <=
+``max_depth`` of them (generation sizes the cache for the larger of its verifier's and its drafts' counts).
 
 Slots, with p prelude, c core and q coda layers and r recurrence steps (core layer j of step s has the flat index
 f = c*s + j): prelude i -> i, core f -> p + slot(f), coda i -> p + (core slots) + i, where slot(f) is
@@ -33,7 +35,9 @@ rule), here the token is masked out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import warnings
 
 import flax.struct
 import jax
@@ -53,7 +57,8 @@ ANCHORED_STEPS = 8  # compress-anchor keeps the first 8 recurrences' slots, as t
 
 @dataclasses.dataclass(frozen=True)
 class CacheLayout:
-  """Static description of the slot mapping for a strategy, a model shape and a maximum recurrence."""
+  """Static description of the slot mapping for a strategy, a model shape and ``max_depth``, the most core iterations
+  a cached token can have (it sizes the core slots)."""
 
   strategy: str
   lookup: str  # "full" (missing entries masked) | "latest" | "always-last"
@@ -62,11 +67,11 @@ class CacheLayout:
   n_prelude: int
   n_core: int
   n_coda: int
-  num_steps: int
+  max_depth: int
 
   @property
   def core_slots(self) -> int:
-    flat = self.n_core * self.num_steps
+    flat = self.n_core * self.max_depth
     if self.compress == "s":
       return min(self.m, flat)
     if self.compress == "r":
@@ -105,12 +110,39 @@ class CacheLayout:
     return rel * self.m if self.compress == "r" else rel
 
   def slots_written(self) -> np.ndarray:
-    """For depth n = 0..num_steps, how many core slots a token of that depth wrote (always the first ones)."""
-    return np.searchsorted(self.first_writer(), self.n_core * np.arange(self.num_steps + 1), side="left")
+    """For depth n = 0..max_depth, how many core slots a token of that depth wrote (always the first ones)."""
+    return np.searchsorted(self.first_writer(), self.n_core * np.arange(self.max_depth + 1), side="left")
+
+  @property
+  def num_steps(self) -> int:
+    """Deprecated name of ``max_depth``."""
+    warnings.warn("CacheLayout.num_steps is deprecated: read max_depth (the most core iterations a cached token can "
+                  "have; num_steps is an iteration count).", DeprecationWarning, stacklevel=2)
+    return self.max_depth
 
 
-def cache_layout(strategy: str, config, num_steps: int) -> CacheLayout:
-  """Parses a strategy name; raises a clear error for an unknown one."""
+def _renamed_max_depth(fn):
+  """Lets ``fn`` take its cache-sizing bound ``max_depth`` under the old keyword ``num_steps``, with a
+  ``DeprecationWarning`` (``num_steps`` names an iteration count everywhere else)."""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if "num_steps" in kwargs:
+      if "max_depth" in kwargs:
+        raise TypeError(f"{fn.__name__}() takes max_depth or its deprecated name num_steps, not both.")
+      warnings.warn(f"{fn.__name__}(num_steps=...) is deprecated: pass max_depth=... (the most core iterations a "
+                    "cached token can have, which sizes the cache; num_steps is an iteration count).",
+                    DeprecationWarning, stacklevel=2)
+      kwargs["max_depth"] = kwargs.pop("num_steps")
+    return fn(*args, **kwargs)
+
+  return wrapper
+
+
+@_renamed_max_depth
+def cache_layout(strategy: str, config, max_depth: int) -> CacheLayout:
+  """The layout of ``strategy`` for tokens of at most ``max_depth`` core iterations; a clear error for an unknown
+  strategy name."""
   match = _STRATEGY.match(str(strategy))
   if match is None:
     raise ValueError(f"Unknown cache strategy {strategy!r}; choose one of {', '.join(STRATEGIES)} "
@@ -122,7 +154,7 @@ def cache_layout(strategy: str, config, num_steps: int) -> CacheLayout:
   lookup = _RULES[alone or rule or "full"]
   return CacheLayout(strategy=str(strategy), lookup=lookup, compress=compress, m=m,
                      n_prelude=config.n_layers_prelude, n_core=config.n_layers_core, n_coda=config.n_layers_coda,
-                     num_steps=int(num_steps))
+                     max_depth=int(max_depth))
 
 
 @flax.struct.dataclass
@@ -195,9 +227,17 @@ def set_depth(cache: KVCache, start: Array, length: int, depth, gate: Array) -> 
 
 
 def _written(layout: CacheLayout, depth: Array) -> Array:
-  """[B, T] how many core slots (the first ones) each cached token wrote."""
-  table = jnp.asarray(layout.slots_written(), jnp.int32)
-  return table[jnp.clip(depth, 0, layout.num_steps)]
+  """[B, T] how many core slots (the first ones) each cached token wrote: ``layout.slots_written()[depth]``.
+
+  Computed in closed form, not looked up in that table: slot k is first written by flat core index k*m under
+  ``compress-r{m}`` and k otherwise, so a token of depth n wrote ceil(c*n / m) of them (m = 1 otherwise), at most
+  all. Elementwise, it fuses into the attention mask; a table lookup is a gather, one more kernel per core layer
+  and iteration of the decode loop.
+  """
+  flat = layout.n_core * jnp.clip(depth, 0, layout.max_depth)
+  if layout.compress == "r" and layout.m > 1:  # ceil(flat / m); flat >= 0, so truncating division is exact here
+    flat = jax.lax.div(flat + (layout.m - 1), jnp.int32(layout.m))
+  return jnp.minimum(flat, layout.core_slots)
 
 
 def _same_layer_at_most(layout: CacheLayout, rel, bound: Array) -> Array:
@@ -242,24 +282,28 @@ def read_core_kv(cache: KVCache, layout: CacheLayout, step, j: int, seen: Array 
   return take(cache.k_store), take(cache.v_store)
 
 
-def cache_bytes(config, strategy: str, num_steps: int, batch: int, max_len: int, dtype=None) -> int:
-  """Bytes of the K and V arrays of a cache (the small depth array aside)."""
-  layout = cache_layout(strategy, config, num_steps)
+@_renamed_max_depth
+def cache_bytes(config, strategy: str, max_depth: int, batch: int, max_len: int, dtype=None) -> int:
+  """Bytes of the K and V arrays of a cache for tokens of at most ``max_depth`` core iterations (the small depth
+  array aside)."""
+  layout = cache_layout(strategy, config, max_depth)
   itemsize = jnp.dtype(config.compute_dtype if dtype is None else dtype).itemsize
   return 2 * layout.n_slots * batch * max_len * config.n_heads * config.head_dim * itemsize
 
 
-def memory_table(config, num_steps: int, batch: int = 1, max_len: int | None = None, dtype=None,
+@_renamed_max_depth
+def memory_table(config, max_depth: int, batch: int = 1, max_len: int | None = None, dtype=None,
                  strategies=("full", "latest-m4", "compress-s4", "compress-s8", "compress-r4", "compress-r8",
                              "compress-anchor")) -> str:
-  """A printable table of KV slots, bytes per token and total cache size of each strategy."""
+  """A printable table of KV slots, bytes per token and total cache size of each strategy, for tokens of at most
+  ``max_depth`` core iterations."""
   max_len = config.max_seq_len if max_len is None else max_len
-  lines = [f"KV cache of {config.name} at r={num_steps}, batch {batch}, {max_len} positions "
+  lines = [f"KV cache of {config.name} at r={max_depth}, batch {batch}, {max_len} positions "
            f"({jnp.dtype(config.compute_dtype if dtype is None else dtype).name}):",
            f"{'strategy':>15} {'slots':>6} {'MiB/token':>10} {'total GiB':>10}"]
   for name in strategies:
-    layout = cache_layout(name, config, num_steps)
-    total = cache_bytes(config, name, num_steps, batch, max_len, dtype)
+    layout = cache_layout(name, config, max_depth)
+    total = cache_bytes(config, name, max_depth, batch, max_len, dtype)
     per_token = total / (batch * max_len)
     lines.append(f"{name:>15} {layout.n_slots:>6} {per_token / 2**20:>10.3f} {total / 2**30:>10.3f}")
   return "\n".join(lines)

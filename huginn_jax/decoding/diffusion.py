@@ -415,9 +415,9 @@ def generate_diffusion(params, prompt_ids, *, config, max_new_tokens: int, num_s
   samp_spec, samp_params = sampling.make_sampling(config.vocab_size, temperature, top_k, top_p, min_p,
                                                   repetition_penalty, dry_multiplier, dry_base, dry_allowed_length,
                                                   dry_lookback, dry_max_match)
-  layout_steps = max(num_steps if full_prefill else 0, inner_recurrence)
+  max_depth = max(num_steps if full_prefill else 0, inner_recurrence)  # the most core iterations of a cached token
   spec = DiffusionSpec(
-      layout=cache_lib.cache_layout(cache, config, layout_steps), num_steps=int(num_steps),
+      layout=cache_lib.cache_layout(cache, config, max_depth), num_steps=int(num_steps),
       inner=int(inner_recurrence), max_new_tokens=int(max_new_tokens), lanes=lanes,
       max_wavefront=int(max_wavefront), cache_len=cache_len, seq_len=cache_len + headway, headway=int(headway),
       full_prefill=bool(full_prefill), ema=ema_embeds > 0, noise=state_noise_mixing > 0,

@@ -299,9 +299,9 @@ def generate(params: dict, prompt_ids: Array | Sequence[Sequence[int]], *, confi
   samp_spec, samp_params = sampling.make_sampling(config.vocab_size, temperature, top_k, top_p, min_p,
                                                   repetition_penalty, dry_multiplier, dry_base, dry_allowed_length,
                                                   dry_lookback, dry_max_match)
-  layout_steps = max(num_steps, draft_steps or 0)
+  max_depth = max(num_steps, draft_steps or 0)  # the most core iterations a cached token can have
   spec = DecodeSpec(
-      layout=cache_lib.cache_layout(cache, config, layout_steps), num_steps=int(num_steps),
+      layout=cache_lib.cache_layout(cache, config, max_depth), num_steps=int(num_steps),
       max_new_tokens=int(max_new_tokens), max_len=max_len, criterion=exit_criterion, continuous=bool(continuous),
       init_scale=float(init_scale), sampling=samp_spec, pad_id=int(pad_id),
       draft_steps=None if not speculative else int(draft_steps), lookahead=None if not speculative else int(lookahead),

@@ -38,14 +38,31 @@ def test_slot_mapping_matches_the_original(strategy):
 
 def test_slot_counts_and_memory_of_huginn():
   config = hj.get_config("huginn-0125")
-  counts = {s: cache_lib.cache_layout(s, config, 32).n_slots
+  counts = {s: cache_lib.cache_layout(s, config, max_depth=32).n_slots
             for s in ("full", "latest-m4", "compress-s4", "compress-r4", "compress-r8")}
   assert counts == {"full": 132, "latest-m4": 132, "compress-s4": 8, "compress-r4": 36, "compress-r8": 20}
-  per_token = cache_lib.cache_bytes(config, "full", 32, batch=1, max_len=1)
+  per_token = cache_lib.cache_bytes(config, "full", max_depth=32, batch=1, max_len=1)
   assert per_token == 132 * 2 * 5280 * 2  # K and V, bf16
   assert abs(per_token / 2**20 - 2.66) < 0.01  # DESIGN.md: 2.66 MiB/token
-  table = cache_lib.memory_table(config, 32, batch=1, max_len=4096)
+  table = cache_lib.memory_table(config, max_depth=32, batch=1, max_len=4096)
   assert "compress-s4" in table and f"{per_token * 4096 / 2**30:.3f}" in table
+
+
+def test_the_old_num_steps_keyword_of_the_cache_bound_still_works_with_a_warning():
+  """The cache-sizing bound is ``max_depth`` (``num_steps`` is an iteration count); the old keyword still works."""
+  config = hj.get_config("tiny")
+  with pytest.warns(DeprecationWarning, match="max_depth"):
+    layout = cache_lib.cache_layout("compress-r3", config, num_steps=5)
+  assert layout == cache_lib.cache_layout("compress-r3", config, 5) and layout.max_depth == 5
+  with pytest.warns(DeprecationWarning, match="max_depth"):
+    assert layout.num_steps == 5
+  with pytest.warns(DeprecationWarning, match="max_depth"):
+    assert cache_lib.cache_bytes(config, "full", num_steps=3, batch=2, max_len=7) == cache_lib.cache_bytes(
+        config, "full", 3, 2, 7)
+  with pytest.warns(DeprecationWarning, match="max_depth"):
+    assert cache_lib.memory_table(config, num_steps=3) == cache_lib.memory_table(config, 3)
+  with pytest.raises(TypeError, match="not both"):
+    cache_lib.cache_layout("full", config, max_depth=3, num_steps=3)
 
 
 def test_unknown_strategy_is_rejected():
@@ -131,6 +148,17 @@ def test_writes_go_to_each_rows_position_and_respect_the_gate():
   np.testing.assert_array_equal(np.asarray(cache_lib.read_slot(cache, 5)[1]), -got)
   assert not np.asarray(cache.k_store[:5]).any() and not np.asarray(cache.k_store[6:]).any()
   np.testing.assert_array_equal(np.asarray(cache.depth), [[7, 7, 0, 0, 0, 0], [0, 0, 0, 7, 7, 0], [0] * 6])
+
+
+@pytest.mark.parametrize("strategy", ["full", "compress-s4", "compress-s3", "compress-s64", "compress-r4",
+                                      "compress-r3", "compress-r5", "compress-anchor", "latest-m4-compress-r2"])
+def test_slots_written_in_closed_form_equal_the_table(strategy):
+  """The traced count of written core slots (arithmetic, so it fuses into the mask) is the first_writer table's."""
+  config = hj.get_config("tiny")
+  layout = cache_lib.cache_layout(strategy, config, 12)
+  depth = jnp.arange(-1, 15, dtype=jnp.int32)[None]
+  expected = layout.slots_written()[np.clip(np.asarray(depth), 0, 12)]
+  np.testing.assert_array_equal(np.asarray(cache_lib._written(layout, depth)), expected)
 
 
 def test_visibility_follows_the_depth_of_each_token():
