@@ -67,9 +67,17 @@ def test_matmul_shapes_are_the_prefills_weight_matmuls(compare):
   assert flops.forward_flops_per_token(config, s.prefill_len, s.num_steps) / 1e6 == pytest.approx(306, abs=1)
 
 
+def test_limits_are_flops_at_the_gemm_rate_and_decoding_bytes_at_the_bandwidth(compare):
+  prefill = {"work": "prefill", "flops_per_token": 300e6}
+  assert compare.limit_tokens_per_s(prefill, 390e9, 20e9) == pytest.approx(1300.0)
+  decode = {"work": "decode", "batch": 8, "bytes_per_step": 600e6, "flops_per_step": 8 * 300e6}
+  assert compare.limit_tokens_per_s(decode, 390e9, 20e9) == pytest.approx(8 / 0.03)  # bandwidth-bound
+  assert compare.limit_tokens_per_s(decode, 24e9, 20e9) == pytest.approx(8 / 0.1)  # compute-bound
+
+
 def test_table_has_the_ratio_and_the_fractions_of_the_limit(compare):
-  row = compare.result_row("prefill", "prefill", {"original": 800.0, "huginn-jax": 1200.0},
-                           {"original": [800.0], "huginn-jax": [1200.0]}, 1600.0)
+  row = compare.with_limit(compare.result_row("prefill", "prefill", {"original": 800.0, "huginn-jax": 1200.0},
+                                              {"original": [800.0], "huginn-jax": [1200.0]}), 1600.0)
   assert row["ratio"] == pytest.approx(1.5)
   line = compare.table([row]).splitlines()[-1]
   assert line == "| prefill | 800 | 1,200 | 1.50 | 1,600 | 50% | 75% |"
