@@ -90,8 +90,10 @@ class Attention(nnx.Module):
 
   def qkv(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
     """Projects x [B,S,d] to q, k, v [B,S,H,D], with the bias and RoPE applied to q and k."""
-    qkv = jnp.einsum("bsd,dthk->tbshk", x, self.wqkv[...].astype(x.dtype))
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    # The split axis t after b, s: with it first, XLA CPU copied the weight into a new layout inside the loop of
+    # core iterations, on every iteration (most of a batch-1 decode step; issue 15's profile).
+    qkv = jnp.einsum("bsd,dthk->bsthk", x, self.wqkv[...].astype(x.dtype))
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.qk_bias is not None:
       bias = self.qk_bias[...].astype(x.dtype)
       q, k = q + bias[0], k + bias[1]
@@ -122,8 +124,8 @@ class GatedMLP(nnx.Module):
     self.proj = param(rngs, normal(out_std), (hidden, d_model), param_dtype, ("mlp", "embed"))
 
   def __call__(self, x: Array) -> Array:
-    h = jnp.einsum("bsd,dti->tbsi", x, self.fc[...].astype(x.dtype))
-    hidden = with_logical_constraint(jax.nn.silu(h[0]) * h[1], MLP_ACT)
+    h = jnp.einsum("bsd,dti->bsti", x, self.fc[...].astype(x.dtype))  # t after b, s: see Attention.qkv
+    hidden = with_logical_constraint(jax.nn.silu(h[:, :, 0]) * h[:, :, 1], MLP_ACT)
     return jnp.einsum("bsi,id->bsd", hidden, self.proj[...].astype(x.dtype))
 
 
