@@ -7,6 +7,7 @@ import pytest
 
 import huginn_jax as hj
 from huginn_jax.decoding import cache as cache_lib
+import jaxpr_walk
 
 
 def _original_core_index(strategy: str, flat: int) -> int:
@@ -159,6 +160,17 @@ def test_slots_written_in_closed_form_equal_the_table(strategy):
   depth = jnp.arange(-1, 15, dtype=jnp.int32)[None]
   expected = layout.slots_written()[np.clip(np.asarray(depth), 0, 12)]
   np.testing.assert_array_equal(np.asarray(cache_lib._written(layout, depth)), expected)
+
+
+@pytest.mark.parametrize("strategy", ["full", "compress-s4", "compress-r4", "compress-anchor", "latest-m4"])
+def test_visibility_is_elementwise_so_it_fuses_into_the_mask(strategy):
+  """No gather in the core-slot visibility: the decode loop computes it at every core iteration, and on XLA CPU a
+  gather there is a kernel of its own that the rest of the iteration waits for (a table lookup there made batch-1
+  decoding measurably slower)."""
+  layout = cache_lib.cache_layout(strategy, hj.get_config("tiny"), 8)
+  jaxpr = jax.make_jaxpr(lambda depth, step: cache_lib.core_visible(layout, depth, layout.core_slot(step, 1)))(
+      jnp.zeros((2, 16), jnp.int32), jnp.int32(3))
+  assert not [e for e, _ in jaxpr_walk.eqns(jaxpr.jaxpr) if "gather" in e.primitive.name], jaxpr
 
 
 def test_visibility_follows_the_depth_of_each_token():
