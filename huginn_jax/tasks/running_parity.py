@@ -54,12 +54,7 @@ def make_examples(rng: np.random.Generator, batch: int, seq_len: int, *, start_t
   else:
     reach = np.minimum(np.arange(num_bits) + 1, max_hop)  # a hop never lands before the start
     step = (np.floor(rng.random((batch, num_bits)) * reach) + 1).astype(np.int32)
-    labels, hops = np.zeros_like(bits), np.zeros_like(bits)
-    rows = np.arange(batch)
-    for t in range(num_bits):
-      back = t - step[:, t]  # -1: the start
-      labels[:, t] = bits[:, t] ^ np.where(back >= 0, labels[rows, np.maximum(back, 0)], 0)
-      hops[:, t] = 1 + np.where(back >= 0, hops[rows, np.maximum(back, 0)], 0)
+    labels, hops = _follow_chains(bits, step)
   tokens = (2 * (step - 1) + bits).astype(np.int32)
   if start_token is None:
     return {"inputs": tokens, "labels": labels, "hops": hops}
@@ -67,6 +62,26 @@ def make_examples(rng: np.random.Generator, batch: int, seq_len: int, *, start_t
   return {"inputs": np.concatenate([column(start_token), tokens], axis=1),
           "labels": np.concatenate([column(IGNORE_INDEX), labels], axis=1),
           "hops": np.concatenate([column(0), hops], axis=1)}
+
+
+def _follow_chains(bits: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, hops) [batch, bits] of chained parity: label t = bit t XOR label (t - step t), the start counting as
+  0; hops t = links from t back to the start. A data source builds one row at a time, for which plain Python over
+  the positions is ten times faster than numpy (the main job's data loading took a quarter of its step time)."""
+  if bits.shape[0] == 1:
+    labels, hops = [], []
+    for t, (bit, back) in enumerate(zip(bits[0].tolist(), step[0].tolist())):
+      prev = t - back  # -1: the start
+      labels.append(bit ^ (labels[prev] if prev >= 0 else 0))
+      hops.append(1 + (hops[prev] if prev >= 0 else 0))
+    return np.asarray([labels], np.int32), np.asarray([hops], np.int32)
+  labels, hops = np.zeros_like(bits), np.zeros_like(bits)
+  rows = np.arange(bits.shape[0])
+  for t in range(bits.shape[1]):
+    back = t - step[:, t]  # -1: the start
+    labels[:, t] = bits[:, t] ^ np.where(back >= 0, labels[rows, np.maximum(back, 0)], 0)
+    hops[:, t] = 1 + np.where(back >= 0, hops[rows, np.maximum(back, 0)], 0)
+  return labels, hops
 
 
 class RunningParitySource:

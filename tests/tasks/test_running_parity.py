@@ -38,6 +38,19 @@ def test_chained_parity_follows_each_link_and_hops_count_them():
       prev_label, prev_hops = (labels[row, back], hops[row, back]) if back >= 0 else (0, 0)
       assert labels[row, t] == bits[row, t] ^ prev_label
       assert hops[row, t] == prev_hops + 1
+
+
+def test_a_source_row_is_the_same_chain_as_a_batch_row():
+  """A source builds one row at a time (a fast path of its own); its rows follow the same rule as batches do."""
+  source = running_parity.RunningParitySource(40, 25, seed=5, start_token=running_parity.start_token(3), max_hop=3)
+  rows = [source[i] for i in range(40)]
+  tokens = np.stack([r["inputs"][1:] for r in rows])
+  step, bits = tokens // 2 + 1, tokens % 2
+  labels, hops = running_parity._follow_chains(bits, step)  # the batch path (40 rows)
+  np.testing.assert_array_equal(np.stack([r["labels"][1:] for r in rows]), labels)
+  one = running_parity.make_examples(np.random.default_rng((5, 7)), 1, 25, start_token=6, max_hop=3)
+  np.testing.assert_array_equal(one["inputs"], rows[7]["inputs"][None])
+  assert hops.max() > 5  # long chains are in there
   assert hops.max() < 29  # links skip positions: shorter chains than running parity's
 
 
