@@ -517,6 +517,18 @@ def result_row(label: str, work: str, tok_s: dict[str, float], per_round: dict[s
           "rounds_tokens_per_s": per_round, **extra}
 
 
+def timed_row(label: str, work: str, fns: dict, tokens: int, args, **fields) -> dict:
+  """Times ``fns`` (one per implementation) alternately, prints the rounds and returns the table row for a call that
+  processes ``tokens`` tokens of batch 1."""
+  watch = OtherCpu()
+  t = alternate(fns, args.rounds, args.repeats)
+  tok_s = {impl: tokens / min(t[impl]) for impl in IMPLS}
+  per_round = {impl: [tokens / x for x in t[impl]] for impl in IMPLS}
+  row = result_row(label, work, tok_s, per_round, batch=1, other_cpu=watch.fraction(), **fields)
+  print_rounds(label, per_round, row["other_cpu"])
+  return row
+
+
 def with_limit(row: dict, limit: float) -> dict:
   return {**row, "limit_tokens_per_s": limit, "original_of_limit": row["original_tokens_per_s"] / limit,
           "huginn_jax_of_limit": row["huginn_jax_tokens_per_s"] / limit}
@@ -541,11 +553,7 @@ TORCH_CATEGORIES = (
 
 
 def torch_category(name: str) -> str:
-  lower = name.lower()
-  for category, patterns in TORCH_CATEGORIES:
-    if any(p in lower for p in patterns):
-      return category
-  return "other ops"
+  return perf.categorize(name, TORCH_CATEGORIES, default="other ops")
 
 
 def profile_torch(torch, fn: Callable[[], None], directory: str, device, top: int = 15) -> str:
@@ -716,14 +724,8 @@ def main(argv=None) -> list[dict]:
   if "prefill" in args.only:
     per_token = flops.forward_flops_per_token(config, s.prefill_len, s.num_steps)
     fns = prefill_fns(torch, sync, model_infer, config, params, s, rng)
-    watch = OtherCpu()
-    t = alternate(fns, args.rounds, args.repeats)
-    tok_s = {impl: s.prefill_len / min(t[impl]) for impl in IMPLS}
-    per_round = {impl: [s.prefill_len / x for x in t[impl]] for impl in IMPLS}
-    label = f"prefill, batch 1, {s.prefill_len} tokens, r={s.num_steps}"
-    rows.append(result_row(label, "prefill", tok_s, per_round, batch=1, seq_len=s.prefill_len,
-                           flops_per_token=per_token, other_cpu=watch.fraction()))
-    print_rounds(label, per_round, rows[-1]["other_cpu"])
+    rows.append(timed_row(f"prefill, batch 1, {s.prefill_len} tokens, r={s.num_steps}", "prefill", fns,
+                          s.prefill_len, args, seq_len=s.prefill_len, flops_per_token=per_token))
     if args.profile:
       profiled_prefill = fns
 
@@ -757,14 +759,8 @@ def main(argv=None) -> list[dict]:
     n, k = s.depth
     per_token = flops.train_flops_per_token(config, s.train_len, n, k)
     fns = train_fns(torch, sync, model_train, train_config, train_params, s, dtype, args.remat, rng)
-    watch = OtherCpu()
-    t = alternate(fns, args.rounds, args.repeats)
-    tok_s = {impl: s.train_len / min(t[impl]) for impl in IMPLS}
-    per_round = {impl: [s.train_len / x for x in t[impl]] for impl in IMPLS}
-    label = f"loss + gradients, {s.train_len} tokens, n={n} + k={k}"
-    rows.append(result_row(label, "train", tok_s, per_round, batch=1, seq_len=s.train_len,
-                           n=n, k=k, remat=args.remat, flops_per_token=per_token, other_cpu=watch.fraction()))
-    print_rounds(label, per_round, rows[-1]["other_cpu"])
+    rows.append(timed_row(f"loss + gradients, {s.train_len} tokens, n={n} + k={k}", "train", fns, s.train_len,
+                          args, seq_len=s.train_len, n=n, k=k, remat=args.remat, flops_per_token=per_token))
 
   machine = best_machine(machine, measure_machine(torch, device, dtype, shapes, "after the timing", s.prefill_len))
   rate, read = machine["gemm_flops"], machine["read_bytes_per_s"]

@@ -115,12 +115,13 @@ CATEGORIES = (
 )
 
 
-def categorize(name: str) -> str:
+def categorize(name: str, categories=CATEGORIES, default: str = "other fusions") -> str:
+  """The first category of ``categories`` ((name, substrings) pairs) one of whose substrings is in ``name``."""
   lower = name.lower()
-  for category, patterns in CATEGORIES:
+  for category, patterns in categories:
     if any(p in lower for p in patterns):
       return category
-  return "other fusions"
+  return default
 
 
 class OpTime(NamedTuple):
