@@ -54,9 +54,10 @@ def test_matches_golden(tiny_model, golden, golden_diffusion, name):
 
 def test_batched_rows_equal_single_runs(tiny_model, golden):
   """Two prompts of different lengths decode side by side (right-padded), each row freezing on its own schedule,
-  and each equals the same prompt decoded alone, counters included."""
+  and each equals the same prompt decoded alone, counters included. (The settings of the golden wavefront3 case:
+  the first row alone reuses its compiled program.)"""
   prompts = [golden["tokens"][0, :PROMPT], golden["tokens"][1, :PROMPT - 2]]
-  kw = dict(max_wavefront=6, max_new_tokens=10)
+  kw = GOLDEN_CASES["diffusion_wavefront3_steps8"]
   batched = _diffusion(tiny_model, [list(p) for p in prompts], **kw)
   assert int(batched.rounds[0]) != int(batched.rounds[1])  # the rows really finish at different times
   for row, prompt in enumerate(prompts):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import huginn_jax as hj
+from huginn_jax import config as config_lib
 
 generate_module = importlib.import_module("huginn_jax.decoding.generate")
 
@@ -22,6 +23,9 @@ GOLDEN_CASES = {
     "gen_adaptive_kl": dict(num_steps=16, exit_criterion="kl", exit_threshold=5e-4),
     "gen_adaptive_latent_diff": dict(num_steps=16, exit_criterion="latent-diff", exit_threshold=0.05),
 }
+
+
+_jit_forward = jax.jit(hj.forward, static_argnames=("config", "num_steps", "init_scale"))  # one per shape and depth
 
 
 def _generate(tiny_model, prompt, **kwargs):
@@ -70,7 +74,8 @@ def test_speculative_steps_are_the_verifiers_under_greedy_verification(tiny_mode
   id count 0 as elsewhere."""
   prompt = golden["tokens"][:, :PROMPT]
   stop = int(golden["gen_greedy_steps16"][0, PROMPT + 4])  # the fifth new token of row 0 ends it
-  out = _generate(tiny_model, prompt, num_steps=16, draft_steps=2, lookahead=3, stop_ids=(stop,))
+  # The settings and stop-id shape of the speculative golden test above: one compiled program for both.
+  out = _generate(tiny_model, prompt, num_steps=16, draft_steps=4, lookahead=3, stop_ids=(stop, 65504, 65505))
   for row, n in enumerate(np.asarray(out.num_generated)):
     assert (np.asarray(out.steps)[row, :n] == 16).all() and (np.asarray(out.steps)[row, n:] == 0).all()
   assert int(out.num_generated[0]) <= 5 < NEW
@@ -81,12 +86,13 @@ def test_relaxed_accepted_drafts_report_draft_steps(tiny_model, golden):
   reports draft_steps; every other token is the verifier's argmax and reports num_steps. Which is which is
   recomputed here with the full forward at num_steps on the generated sequence."""
   config, params = tiny_model
-  threshold, draft_steps = 0.1, 2
+  threshold, draft_steps = 0.1, 4  # the drafts of test_relaxed_verification: one compiled program for both
   out = _generate(tiny_model, golden["tokens"][:, :PROMPT], num_steps=16, draft_steps=draft_steps, lookahead=3,
                   verification_threshold=threshold)
   seq, steps = np.asarray(out.sequences), np.asarray(out.steps)
   assert (np.asarray(out.num_generated) == NEW).all()
-  logits = np.asarray(hj.forward(params, seq, config=config, num_steps=16, init_scale=0.0).logits, np.float64)
+  logits = _jit_forward(params, seq, config=config_lib.frozen(config), num_steps=16, init_scale=0.0).logits
+  logits = np.asarray(logits, np.float64)
   logits = logits[:, PROMPT - 1:-1]  # the logits each new token was chosen from
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   chosen = np.take_along_axis(probs, seq[:, PROMPT:, None], axis=-1)[..., 0]
@@ -96,16 +102,17 @@ def test_relaxed_accepted_drafts_report_draft_steps(tiny_model, golden):
   np.testing.assert_array_equal(steps, np.where(verifier_pick, 16, draft_steps))
 
 
-def _recompute_greedy(tiny_model, prompt, new_tokens, num_steps):
-  """Greedy decoding by running the full forward from a zero state on the whole sequence for every token."""
+def _recompute_greedy(tiny_model, prompt, new_tokens, num_steps, width=None):
+  """Greedy decoding by running the full forward from a zero state on the whole sequence for every token; the
+  sequence is ``width`` wide if given (zeros after it: one compiled forward serves prompts of several lengths)."""
   config, params = tiny_model
   batch, length = prompt.shape
-  seq = np.zeros((batch, length + new_tokens), np.int32)
+  seq = np.zeros((batch, max(width or 0, length + new_tokens)), np.int32)
   seq[:, :length] = prompt
-  fwd = jax.jit(functools.partial(hj.forward, config=config, init_scale=0.0, num_steps=num_steps))
+  fwd = functools.partial(_jit_forward, config=config_lib.frozen(config), init_scale=0.0, num_steps=num_steps)
   for t in range(length, length + new_tokens):  # causal: the junk after position t does not change logits at t-1
     seq[:, t] = np.argmax(np.asarray(fwd(params, seq).logits[:, t - 1]), axis=-1)
-  return seq
+  return seq[:, :length + new_tokens]
 
 
 def test_cached_greedy_equals_recompute(tiny_model):
@@ -120,7 +127,7 @@ def test_rows_of_different_lengths_decode_as_if_alone(tiny_model, golden):
   a, b = golden["tokens"][0, :PROMPT], golden["tokens"][1, :5]
   together = _generate(tiny_model, [a.tolist(), b.tolist()], num_steps=4)
   for row, prompt in enumerate((a, b)):
-    expected = _recompute_greedy(tiny_model, prompt[None], NEW, 4)[0]
+    expected = _recompute_greedy(tiny_model, prompt[None], NEW, 4, width=PROMPT + NEW)[0]
     np.testing.assert_array_equal(np.asarray(together.sequences)[row, :len(expected)], expected)
   np.testing.assert_array_equal(np.asarray(together.sequences)[1, 5 + NEW:], [hj.decoding.PAD_ID] * 3)
 

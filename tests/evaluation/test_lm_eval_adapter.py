@@ -12,6 +12,8 @@ import huginn_jax as hj
 from huginn_jax.evaluation.lm_eval_adapter import HuginnLM, cut_at_stop
 
 STEPS = 3
+NEVER = (-1,)  # a stop id no row produces: one stop-id shape for every generation here, so they share programs
+WIDTH = 16  # every reference generation runs alone, right-padded to this width (one program per max_new_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def lm(tiny_model, tokenizer):
   config, params = tiny_model
-  return HuginnLM(params, config, tokenizer, num_steps=STEPS, batch_size=2, pad_multiple=8)
+  return HuginnLM(params, config, tokenizer, num_steps=STEPS, batch_size=2, pad_multiple=8, stop_ids=NEVER)
 
 
 def _req(*args):
@@ -66,11 +68,21 @@ def test_rolling_loglikelihood_scores_every_token_after_the_first(lm, tiny_model
   assert got == pytest.approx(sum(logp[t - 1, ids[t]] for t in range(1, len(ids))), abs=1e-4)
 
 
-def test_generate_until_decodes_generate_and_cuts_at_the_stop_string(lm, tiny_model, tokenizer):
+def _alone(tiny_model, ids, max_new, stop_ids):
+  """hj.generate on one request alone: (new tokens, how many). The row is right-padded to WIDTH (rows decode as if
+  unpadded, tests/decoding/test_generate.py) with the adapter's key argument, so these runs share compilations."""
   config, params = tiny_model
+  prompt = np.zeros((1, WIDTH), np.int32)
+  prompt[0, :len(ids)] = ids
+  out = hj.generate(params, prompt, prompt_lengths=np.array([len(ids)], np.int32), config=config,
+                    max_new_tokens=max_new, num_steps=STEPS, init_scale=0.0, key=jax.random.key(0), stop_ids=stop_ids)
+  return np.asarray(out.tokens)[0].tolist(), int(np.asarray(out.num_generated)[0])
+
+
+def test_generate_until_decodes_generate_and_cuts_at_the_stop_string(lm, tiny_model, tokenizer):
   ctx = [11, 22, 33, 44]
-  ref = np.asarray(hj.generate(params, [ctx], config=config, max_new_tokens=4, num_steps=STEPS, init_scale=0.0,
-                               stop_ids=()).tokens)[0].tolist()
+  ref, n = _alone(tiny_model, ctx, 4, NEVER)
+  assert n == 4
   text = tokenizer.decode(ref)
   context = " ".join(f"w{i}" for i in ctx)
   (full,) = lm.generate_until([_req(context, {"until": [], "max_gen_toks": 4})])
@@ -95,11 +107,8 @@ def _words(ids):
 
 def _one_by_one(tiny_model, tokenizer, ids, max_new, until, stop_ids):
   """What generate_until returned when it ran hj.generate on each request alone."""
-  config, params = tiny_model
-  out = hj.generate(params, [ids], config=config, max_new_tokens=max_new, num_steps=STEPS, init_scale=0.0,
-                    stop_ids=stop_ids)
-  n = int(np.asarray(out.num_generated)[0])
-  new = [t for t in np.asarray(out.tokens)[0, :n].tolist() if t not in stop_ids]
+  tokens, n = _alone(tiny_model, ids, max_new, stop_ids)
+  new = [t for t in tokens[:n] if t not in stop_ids]
   return cut_at_stop(tokenizer.decode(new), until)
 
 
@@ -109,10 +118,9 @@ def test_batched_generate_until_equals_one_request_at_a_time(tiny_model, tokeniz
   result is what hj.generate gives the request alone, in the request order."""
   config, params = tiny_model
   rng = np.random.default_rng(3)
-  contexts = [rng.integers(0, 256, n).tolist() for n in (3, 12, 4, 2, 7, 4, 8, 3, 4, 5, 3)]
-  max_gen = [6, 4, 6, 6, 6, 6, 6, 4, 6, 6, 6]  # groups of 5, 3, 1, 1 and 1 requests
-  never = (-1,)  # a stop id of the same shape as the one below, so both runs share compilations
-  free = [_one_by_one(tiny_model, tokenizer, c, m, [], never) for c, m in zip(contexts, max_gen)]
+  contexts = [rng.integers(0, 256, n).tolist() for n in (7, 12, 5, 2, 3, 8, 4, 3, 6, 3, 7)]
+  max_gen = [6, 4, 6, 6, 6, 6, 6, 4, 6, 6, 6]  # groups of 5 (width 8), 3 (width 4), 1, 1 and 1 requests
+  free = [_one_by_one(tiny_model, tokenizer, c, m, [], NEVER) for c, m in zip(contexts, max_gen)]
   stop_id = int(free[-1].split()[2][1:])  # the third word of the last row becomes a stop token
   until = [[], [free[1].split()[1]], ["\n\n"], [free[3].split()[-1], "w999"], [], [], "w7", [], [], [], []]
   requests = [_req(_words(c), {"until": u, "max_gen_toks": m}) for c, m, u in zip(contexts, max_gen, until)]
@@ -125,20 +133,22 @@ def test_batched_generate_until_equals_one_request_at_a_time(tiny_model, tokeniz
 
 
 def test_generate_until_batches_requests(monkeypatch, tiny_model, tokenizer):
-  """Six requests of one width bucket and setting need one hj.generate call with the default batch size, two with
-  generate_batch_size=4, where one call per request ran before."""
+  """Five requests of one width bucket and setting need one hj.generate call with the default batch size (filled up
+  to eight rows), two with generate_batch_size=4, where one call per request ran before. (Width 8, six new tokens
+  and NEVER: the shapes of the group of five above, so the batch-size-4 calls reuse its programs.)"""
   config, params = tiny_model
   calls = []
   import importlib
   generate_lib = importlib.import_module("huginn_jax.decoding.generate")  # the module (the package exports the function)
   real = generate_lib.generate  # the adapter calls it from its module (it does not import the package root)
   monkeypatch.setattr(generate_lib, "generate", lambda *a, **k: calls.append(np.shape(a[1])) or real(*a, **k))
-  requests = [_req(_words(range(i, i + n)), {"until": [], "max_gen_toks": 3}) for i, n in enumerate((5, 6, 7, 8, 5, 6))]
-  got = HuginnLM(params, config, tokenizer, num_steps=STEPS).generate_until(requests)
-  assert calls == [(8, 8)]  # six rows filled up to eight, eight tokens wide
-  assert HuginnLM(params, config, tokenizer, num_steps=STEPS, generate_batch_size=4).generate_until(requests) == got
-  assert calls[1:] == [(4, 8), (2, 8)]
-  assert len(got) == 6 and all(len(text.split()) == 3 for text in got)
+  requests = [_req(_words(range(i, i + n)), {"until": [], "max_gen_toks": 6}) for i, n in enumerate((5, 6, 7, 8, 5))]
+  got = HuginnLM(params, config, tokenizer, num_steps=STEPS, stop_ids=NEVER).generate_until(requests)
+  assert calls == [(8, 8)]  # five rows filled up to eight, eight tokens wide
+  assert HuginnLM(params, config, tokenizer, num_steps=STEPS, stop_ids=NEVER,
+                  generate_batch_size=4).generate_until(requests) == got
+  assert calls[1:] == [(4, 8), (1, 8)]
+  assert len(got) == 5 and all(len(text.split()) == 6 for text in got)
 
 
 def test_a_shared_cache_or_an_exit_rule_scores_token_by_token(tiny_model, tokenizer, golden):

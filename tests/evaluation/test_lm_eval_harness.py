@@ -34,10 +34,14 @@ def _rows(name):
 
 @pytest.fixture(scope="module")
 def offline():
-  """No hub: the toy tasks load their JSONL files, nothing else may reach for the network."""
+  """No hub: the toy tasks load their JSONL files, nothing else may reach for the network. The harness indexes only
+  the --include_path tasks, not its thousands of built-in ones (several seconds per command, none of them used)."""
+  import functools
+  import lm_eval.tasks
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("HF_DATASETS_OFFLINE", "1")
     mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
     yield
 
 
