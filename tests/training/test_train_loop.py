@@ -18,7 +18,8 @@ from huginn_jax.training import config as train_config
 from huginn_jax.training import loop
 from huginn_jax.training import optimizer as opt_lib
 from huginn_jax.training import state as state_lib
-from training_setup import EXPERIMENT, SEQ, cache_dir, counting_corpus, short_run, short_run_overrides
+from training_setup import (EXPERIMENT, SAVE_EVERY, SEQ, STEPS, cache_dir, counting_corpus, short_run,
+                            short_run_overrides)
 
 
 
@@ -65,15 +66,16 @@ class Crash(Exception):
 
 
 def test_kill_and_resume_is_bit_exact_and_resumes_onto_another_mesh(tmp_path, corpus_files, cache, tiny_dir, capsys):
-  # Run A: 20 steps straight, through the command line, fine-tuning the golden tiny checkpoint.
+  # Run A: STEPS steps straight, through the command line, fine-tuning the golden tiny checkpoint.
   run_a = tmp_path / "a"
   overrides = short_run_overrides(run_a, corpus_files, cache, tiny_dir)
   assert cli.main(["train", "--config", EXPERIMENT, "--set", *overrides]) == 0
-  assert "trained 20 steps" in capsys.readouterr().out
+  assert f"trained {STEPS} steps" in capsys.readouterr().out
   with open(run_a / "metrics.jsonl") as f:
     losses_a = {r["step"]: r["loss"] for r in map(json.loads, f)}
 
-  # Run B: the same run crashes at step 13; the last checkpoint is step 10.
+  # Run B: the same run crashes three steps after its first checkpoint; the last checkpoint is SAVE_EVERY.
+  crash_at = SAVE_EVERY + 3
   run_b = tmp_path / "b"
   model, train = short_run(run_b, corpus_files, cache, tiny_dir)
   seen = {}
@@ -84,24 +86,24 @@ def test_kill_and_resume_is_bit_exact_and_resumes_onto_another_mesh(tmp_path, co
       raise Crash()
 
   with pytest.raises(Crash):
-    loop.train(train, model, callbacks=[lambda *a: record(*a, crash_at=13)])
-  assert TrainCheckpointer(run_b / "checkpoints").all_steps() == [10]
+    loop.train(train, model, callbacks=[lambda *a: record(*a, crash_at=crash_at)])
+  assert TrainCheckpointer(run_b / "checkpoints").all_steps() == [SAVE_EVERY]
   shutil.copytree(run_b, tmp_path / "c")  # for the resume onto another mesh below
 
   result_b = loop.train(train, model, callbacks=[record])
-  assert [h["step"] for h in result_b.history] == list(range(11, 21))
-  for step in (11, 12, 13):  # the batches after the checkpoint are read again, in the same order
+  assert [h["step"] for h in result_b.history] == list(range(SAVE_EVERY + 1, STEPS + 1))
+  for step in range(SAVE_EVERY + 1, crash_at + 1):  # the batches after the checkpoint are read again, in order
     np.testing.assert_array_equal(seen[step][0], seen[step][1])
   for h in result_b.history:
     assert h["loss"] == losses_a[h["step"]]  # bit for bit
 
-  tx, _ = opt_lib.make_optimizer(train, 20)
+  tx, _ = opt_lib.make_optimizer(train, STEPS)
   abstract = state_lib.abstract_state(model, tx)
-  final_a, _ = TrainCheckpointer(run_a / "checkpoints").restore(abstract, step=20)
+  final_a, _ = TrainCheckpointer(run_a / "checkpoints").restore(abstract, step=STEPS)
   for a, b in zip(jax.tree.leaves(final_a), jax.tree.leaves(result_b.state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-  # Run C: resume the step-10 checkpoint on a mesh of another shape.
+  # Run C: resume the step-SAVE_EVERY checkpoint on a mesh of another shape.
   train.workdir = str(tmp_path / "c")
   train.mesh.update(dict(data=4, fsdp=1, tensor=2))
   batches_c = {}
@@ -109,7 +111,7 @@ def test_kill_and_resume_is_bit_exact_and_resumes_onto_another_mesh(tmp_path, co
                         callbacks=[lambda step, m, batch: batches_c.setdefault(step, np.asarray(batch["inputs"]))])
   assert dict(result_c.mesh.shape) == {"data": 4, "fsdp": 1, "tensor": 2}
   assert result_c.state.params["wte"].sharding.mesh.shape["data"] == 4
-  for step in range(11, 21):
+  for step in range(SAVE_EVERY + 1, STEPS + 1):
     np.testing.assert_array_equal(batches_c[step], seen[step][-1])
   for h in result_c.history:
     assert abs(h["loss"] - losses_a[h["step"]]) < 1e-4 * losses_a[h["step"]]

@@ -60,25 +60,32 @@ def seeds_run(tmp_path_factory):
   return model, train, result
 
 
+@pytest.fixture(scope="module")
+def second_seed_alone():
+  """Seed ``SEEDS[1]`` trained alone with its own depth draws (one compilation for the two tests below)."""
+  model, train = _configs()
+  return _alone(model, train, SEEDS[1])
+
+
 def _assert_run_equals(result, i, params, losses):
   np.testing.assert_allclose([row["loss"][i] for row in result.history], [losses[1], losses[3]], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(result.seed_params(i)), jax.tree.leaves(params)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
 
 
-def test_a_seed_equals_the_seed_trained_alone_on_the_shared_depth_schedule(seeds_run):
+def test_a_seed_equals_the_seed_trained_alone_on_the_shared_depth_schedule(seeds_run, second_seed_alone):
   model, train, result = seeds_run
   i = 1  # not the first: the seed axis must line up for every seed
   _assert_run_equals(result, i, *_alone(model, train, SEEDS[i], depth_seed=SEEDS[0]))
-  own_params, _ = _alone(model, train, SEEDS[i])  # the shared schedule differs from the seed's own here
+  own_params, _ = second_seed_alone  # the shared schedule differs from the seed's own here
   assert not np.allclose(jax.tree.leaves(own_params)[0], jax.tree.leaves(result.seed_params(i))[0])
 
 
-def test_a_seed_with_its_own_depth_draws_equals_the_seed_trained_alone():
+def test_a_seed_with_its_own_depth_draws_equals_the_seed_trained_alone(second_seed_alone):
   model, train = _configs()
   result = train_seeds(train, model, SEEDS, save=False, shared_depth=False,
                        source_for_seed=lambda seed: RunningParitySource(STEPS * BATCH, SEQ, seed=seed))
-  _assert_run_equals(result, 1, *_alone(model, train, SEEDS[1]))
+  _assert_run_equals(result, 1, *second_seed_alone)
 
 
 def test_seeds_differ_and_their_weights_are_saved(seeds_run):

@@ -8,6 +8,7 @@ import pytest
 from conftest import rel_err
 from training_setup import BATCH, SEQ, cache_dir, short_run
 
+import huginn_jax as hj
 from huginn_jax import sharding
 from huginn_jax.training import config as train_config_lib
 from huginn_jax.training import loop
@@ -35,12 +36,14 @@ def _single_device_run(model, train, params, batches):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, tiny_dir, tmp_path_factory):
-  """Two steps on one device of the tiny experiment (the same config as the loop tests' short run)."""
+def reference(tiny_dir, tmp_path_factory):
+  """Two steps on one device of the loop tests' short-run training config, on the tiny model with one layer per
+  block: each test here compiles a train step of its own, and one layer a block halves every compilation."""
   cache = cache_dir(tmp_path_factory)
   loop.enable_compilation_cache(cache)
-  model, train = short_run("unused", "unused", cache, tiny_dir)
-  _, params = tiny_model
+  _, train = short_run("unused", "unused", cache, tiny_dir)
+  model = hj.get_config("tiny", n_layers_prelude=1, n_layers_core=1, n_layers_coda=1)
+  params = hj.init(model, jax.random.key(0))
   batches = [_batch(seed=0), _batch(seed=1)]
   states, history, fn = _single_device_run(model, train, params, batches)
   return model, train, params, batches, states, history, fn

@@ -8,7 +8,10 @@ import numpy as np
 from huginn_jax.training import config as train_config
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs", "tiny_cpu.py")
-SEQ, BATCH, STEPS = 16, 4, 20
+SEQ, BATCH = 16, 4
+# The short run: long enough for a crash between two checkpoints and a resume through the cooldown, and no longer
+# (its steps run on a mesh of 8 simulated devices, slow on a 2-core CI machine).
+STEPS, SAVE_EVERY = 8, 4
 
 
 def counting_corpus(rows: int, seq: int, vocab: int = 256, seed: int = 0) -> np.ndarray:
@@ -27,10 +30,11 @@ def cache_dir(tmp_path_factory) -> str:
 
 
 def short_run_overrides(workdir, data_file, cache, init_from) -> list[str]:
-  """A 20-step run of the tiny experiment on a 2x2x2 mesh, fine-tuning the golden tiny checkpoint."""
+  """A ``STEPS``-step run of the tiny experiment on a 2x2x2 mesh, fine-tuning the golden tiny checkpoint."""
   return [f"train.workdir='{workdir}'", f"train.data.train_files=('{data_file}',)", f"train.steps={STEPS}",
-          f"train.seq_len={SEQ}", f"train.batch_size={BATCH}", "train.checkpoint.every=10", "train.log.every=1",
-          "train.log.progress=False", "train.optimizer.warmup_steps=0", "train.optimizer.cooldown_steps=5",
+          f"train.seq_len={SEQ}", f"train.batch_size={BATCH}", f"train.checkpoint.every={SAVE_EVERY}",
+          "train.log.every=1", "train.log.progress=False", "train.optimizer.warmup_steps=0",
+          "train.optimizer.cooldown_steps=5",
           "train.optimizer.weight_decay=0.1", "train.mesh.data=2", "train.mesh.fsdp=2", "train.mesh.tensor=2",
           f"train.compilation_cache_dir='{cache}'", f"train.init_from='{init_from}'"]
 
