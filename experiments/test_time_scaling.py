@@ -54,7 +54,8 @@ def model_config(args):
 
 
 def train_config(args, *, recurrent: bool):
-  """The training stack's ``tiny_cpu`` preset with the original's optimizer (atan2 Adam) and a cosine decay (or ``--schedule trapezoid``)."""
+  """The training stack's ``tiny_cpu`` preset with the original's optimizer (atan2 Adam) and a cosine decay (or
+  ``--schedule trapezoid``)."""
   from huginn_jax.training import config as train_config_lib
   c = train_config_lib.get_train_config("tiny_cpu")
   c.steps = args.steps

@@ -66,21 +66,17 @@ def make_examples(rng: np.random.Generator, batch: int, seq_len: int, *, start_t
 
 def _follow_chains(bits: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(labels, hops) [batch, bits] of chained parity: label t = bit t XOR label (t - step t), the start counting as
-  0; hops t = links from t back to the start. A data source builds one row at a time, for which plain Python over
-  the positions is ten times faster than numpy (the main job's data loading took a quarter of its step time)."""
-  if bits.shape[0] == 1:
-    labels, hops = [], []
-    for t, (bit, back) in enumerate(zip(bits[0].tolist(), step[0].tolist())):
-      prev = t - back  # -1: the start
-      labels.append(bit ^ (labels[prev] if prev >= 0 else 0))
-      hops.append(1 + (hops[prev] if prev >= 0 else 0))
-    return np.asarray([labels], np.int32), np.asarray([hops], np.int32)
+  0; hops t = links from t back to the start. Plain Python over each row's positions: a data source builds one row
+  at a time, for which this is five times faster than numpy over the batch (the main job's data loading took a
+  quarter of its step time), and a batch of test strings takes milliseconds."""
   labels, hops = np.zeros_like(bits), np.zeros_like(bits)
-  rows = np.arange(bits.shape[0])
-  for t in range(bits.shape[1]):
-    back = t - step[:, t]  # -1: the start
-    labels[:, t] = bits[:, t] ^ np.where(back >= 0, labels[rows, np.maximum(back, 0)], 0)
-    hops[:, t] = 1 + np.where(back >= 0, hops[rows, np.maximum(back, 0)], 0)
+  for row, (row_bits, row_step) in enumerate(zip(bits.tolist(), step.tolist())):
+    row_labels, row_hops = [], []
+    for t, (bit, back) in enumerate(zip(row_bits, row_step)):
+      prev = t - back  # -1: the start
+      row_labels.append(bit ^ (row_labels[prev] if prev >= 0 else 0))
+      row_hops.append(1 + (row_hops[prev] if prev >= 0 else 0))
+    labels[row], hops[row] = row_labels, row_hops
   return labels, hops
 
 

@@ -41,7 +41,7 @@ def test_chained_parity_follows_each_link_and_hops_count_them():
 
 
 def test_a_source_row_is_the_same_chain_as_a_batch_row():
-  """A source builds one row at a time (a fast path of its own); its rows follow the same rule as batches do."""
+  """A source builds one row at a time; its rows follow the same rule as a batch of them does."""
   source = running_parity.RunningParitySource(40, 25, seed=5, start_token=running_parity.start_token(3), max_hop=3)
   rows = [source[i] for i in range(40)]
   tokens = np.stack([r["inputs"][1:] for r in rows])
