@@ -271,7 +271,14 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if len(set(args.seeds)) != len(args.seeds):
     parser.error(f"--seeds must be distinct, got {args.seeds}.")
-  os.makedirs(args.out, exist_ok=True)
+  from huginn_jax.training.workdir_lock import WorkdirLock
+  with WorkdirLock(args.out, flag="--out"):  # a second run on the same --out is refused, not interleaved
+    return run(args)
+
+
+def run(args) -> dict:
+  """Trains, evaluates and reports; ``main`` holds ``args.out`` while this runs. A run replaces the results of an
+  earlier, finished run in the same directory."""
   t0 = time.perf_counter()
 
   from huginn_jax import num_params
@@ -315,11 +322,17 @@ def main(argv=None) -> dict:
   print("test-time scaling HOLDS on every seed" if results["passed"] else
         "test-time scaling does NOT hold on every seed in this run (see the failed checks above)")
   plot(results, os.path.join(args.out, "scaling.png"), os.path.join(args.out, "adaptive.png"))
-  with open(os.path.join(args.out, "results.json"), "w") as f:
+  partial = os.path.join(args.out, f"results.json.{os.getpid()}.tmp")
+  with open(partial, "w") as f:  # written whole, then renamed: an interrupted run never leaves half a results.json
     json.dump(results, f, indent=1)
+  os.replace(partial, os.path.join(args.out, "results.json"))
   print(f"\nwrote {args.out}/results.json, scaling.png, adaptive.png in {results['total_seconds']:.0f}s")
   return results
 
 
 if __name__ == "__main__":
-  main()
+  from huginn_jax.training.errors import WorkdirLocked
+  try:
+    main()
+  except WorkdirLocked as err:  # one line, no traceback: another run holds --out
+    raise SystemExit(f"error: {err}") from None

@@ -5,7 +5,8 @@ A result that holds for one seed may be luck; ``train_seeds`` trains the same re
 seed, shared, so that the vmapped recurrence runs one seed's iterations, not the deepest seed's) with one
 compilation and one loop, for small models that fit one device many times over. It uses the same pieces as ``training.loop.train``
 (optimizer, train state, train step, grain pipeline) and writes each seed's final weights as an Orbax checkpoint
-that ``hj.load`` reads. It does not checkpoint mid-run or resume: use ``train`` for long runs.
+that ``hj.load`` reads. It does not checkpoint mid-run or resume: use ``train`` for long runs. Like ``train`` it
+holds its workdir (``WorkdirLocked``): two runs never write the same checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from huginn_jax.training import metrics as metrics_lib
 from huginn_jax.training import optimizer as optimizer_lib
 from huginn_jax.training import state as state_lib
 from huginn_jax.training import step as step_lib
+from huginn_jax.training.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -65,6 +67,12 @@ def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collec
   if train_config.grad_accum_steps != 1:
     raise ValueError("train_seeds runs one micro-batch per step; set train.grad_accum_steps = 1.")
   workdir = os.path.abspath(workdir or train_config.workdir)
+  with WorkdirLock(workdir):
+    return _train_locked(train_config, model_config, seeds, source_for_seed, workdir, save, shared_depth, log)
+
+
+def _train_locked(train_config, model_config, seeds, source_for_seed, workdir, save, shared_depth, log) -> SeedsResult:
+  """The body of ``train_seeds``, run while it holds the workdir."""
   log = log or (lambda line: print(line, flush=True))
   tx, schedule = optimizer_lib.make_optimizer(train_config, train_config.steps)
   step_fn = step_lib.make_train_step(model_config, train_config, tx, schedule)

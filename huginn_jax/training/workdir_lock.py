@@ -24,10 +24,12 @@ def lock_path(workdir: str, process_index: int = 0, process_count: int = 1) -> s
 
 
 class WorkdirLock:
-  """``with WorkdirLock(workdir):`` holds the workdir or raises ``WorkdirLocked`` naming the run that holds it."""
+  """``with WorkdirLock(workdir):`` holds the workdir or raises ``WorkdirLocked`` naming the run that holds it;
+  ``flag`` is the command-line option that chooses another directory (named in the refusal)."""
 
-  def __init__(self, workdir: str, process_index: int = 0, process_count: int = 1):
+  def __init__(self, workdir: str, process_index: int = 0, process_count: int = 1, *, flag: str = "--workdir"):
     self.path = lock_path(os.path.abspath(workdir), process_index, process_count)
+    self.flag = flag
     self._fd: int | None = None
 
   def acquire(self) -> "WorkdirLock":
@@ -39,7 +41,7 @@ class WorkdirLock:
       holder = _read_holder(fd)
       os.close(fd)
       raise WorkdirLocked(f"{os.path.dirname(self.path)} is in use by another training run ({holder}); wait for it "
-                          "to finish or stop it, or pass another --workdir.") from None
+                          f"to finish or stop it, or pass another {self.flag}.") from None
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)

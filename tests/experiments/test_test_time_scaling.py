@@ -3,6 +3,8 @@ the links: +0.18 for seed 0 here), and the job must write its table, plots, per-
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +82,18 @@ def test_trapezoid_schedule_keeps_the_peak_lr_until_the_last_quarter():
   cosine = test_time_scaling.train_config(test_time_scaling.argparse.Namespace(**{**vars(args), "schedule": "cosine"}),
                                           recurrent=True).optimizer
   assert float(schedule.make_schedule(cosine, 1000)(500)) < 2.5e-3  # the default decays from the start
+
+
+def test_a_second_run_on_the_same_out_is_refused_in_one_line(tmp_path):
+  """Two runs on one --out would overwrite each other's checkpoints and results: while one holds it, the command
+  exits at once with one line naming the holder and the flag to change, and writes nothing."""
+  from huginn_jax.training.workdir_lock import WorkdirLock
+  script = os.path.join(os.path.dirname(test_time_scaling.__file__), "test_time_scaling.py")
+  with WorkdirLock(str(tmp_path)):
+    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), *REDUCED], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(script))})
+  assert done.returncode == 1
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and f"pid {os.getpid()}" in lines[0], done.stderr
+  assert "--out" in lines[0]
+  assert sorted(os.listdir(tmp_path)) == ["train.lock"]

@@ -1,6 +1,8 @@
 """Several seeds in one vmapped program: each seed's run equals the same seed trained alone, and every seed's
 weights are saved where ``hj.load`` reads them."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from huginn_jax.training import optimizer as opt_lib
 from huginn_jax.training import state as state_lib
 from huginn_jax.training import step as step_lib
 from huginn_jax.training.seeds import train_seeds
+from huginn_jax.training.workdir_lock import WorkdirLock, WorkdirLocked
 
 SEEDS, STEPS, SEQ, BATCH = (3, 7), 4, 8, 4
 
@@ -104,3 +107,13 @@ def test_seeds_must_be_distinct():
   model, train = _configs()
   with pytest.raises(ValueError, match="distinct"):
     train_seeds(train, model, (1, 1), source_for_seed=lambda seed: RunningParitySource(8, SEQ), save=False)
+
+
+def test_a_held_workdir_is_refused_before_anything_is_written(tmp_path):
+  """Two seed runs on one workdir would write the same checkpoints: the second is refused, naming the first."""
+  model, train = _configs()
+  with WorkdirLock(str(tmp_path)):
+    with pytest.raises(WorkdirLocked, match=f"in use by another training run \\(pid {os.getpid()}.*--workdir"):
+      train_seeds(train, model, SEEDS, source_for_seed=lambda seed: RunningParitySource(8, SEQ),
+                  workdir=str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["train.lock"]  # no metrics, no checkpoints
