@@ -111,8 +111,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default=None, help="append one JSON line per result to this file")
   p.add_argument("--profile", default=None, metavar="DIR",
-                 help="after the table, profile one more prefill and batch-1 decode of each implementation "
-                      "(jax.profiler / torch.profiler traces into DIR) and print where the time went, by category")
+                 help="after the table, profile one more prefill, batch-1 decode and loss+gradients of each "
+                      "implementation (jax.profiler / torch.profiler traces into DIR) and print where the time went, "
+                      "by category")
   return p
 
 
@@ -761,6 +762,8 @@ def main(argv=None) -> list[dict]:
     fns = train_fns(torch, sync, model_train, train_config, train_params, s, dtype, args.remat, rng)
     rows.append(timed_row(f"loss + gradients, {s.train_len} tokens, n={n} + k={k}", "train", fns, s.train_len,
                           args, seq_len=s.train_len, n=n, k=k, remat=args.remat, flops_per_token=per_token))
+    if args.profile:
+      profiled_train = fns
 
   machine = best_machine(machine, measure_machine(torch, device, dtype, shapes, "after the timing", s.prefill_len))
   rate, read = machine["gemm_flops"], machine["read_bytes_per_s"]
@@ -786,6 +789,8 @@ def main(argv=None) -> list[dict]:
       profile_pair(torch, "prefill", profiled_prefill, args.profile, device)
     if "decode" in args.only and 1 in args.batches:
       profile_pair(torch, "decode_b1", profiled_decode, args.profile, device)
+    if "train" in args.only:
+      profile_pair(torch, "train", profiled_train, args.profile, device)
   return rows
 
 

@@ -71,6 +71,16 @@ def test_verdict_fails_on_the_worst_seed():
   assert [ok for ok in checks.values()] == [False, False, True]
 
 
+def test_the_margin_is_over_the_median_baseline_seed_and_names_the_best_one():
+  """Every recurrent seed must beat the baseline's median seed by the margin; the best baseline seed is reported."""
+  acc = {str(r): [a, a, a] for r, a in zip((1, 8, 16), (0.6, 0.8, 0.8))}
+  for baseline, passes in (([0.6, 0.6, 0.9], True), ([0.6, 0.7, 0.9], False)):
+    results = {"train_len": 8, "recurrent": {"accuracy": {"8": acc}},
+               "baseline": {"accuracy": {"8": {"1": baseline}}}}
+    (text, ok), = [c for c in test_time_scaling.checks(results) if "baseline" in c[0]]
+    assert ok == passes and "best baseline seed 0.900" in text, text
+
+
 def test_trapezoid_schedule_keeps_the_peak_lr_until_the_last_quarter():
   """``--schedule trapezoid``: warmup, the peak lr, then a linear cooldown to lr/30 over the last quarter."""
   from huginn_jax.training import schedule
@@ -81,7 +91,7 @@ def test_trapezoid_schedule_keeps_the_peak_lr_until_the_last_quarter():
   assert np.isclose(float(lr(1000)), 1e-4) and float(lr(749)) > float(lr(875)) > float(lr(1000))
   cosine = test_time_scaling.train_config(test_time_scaling.argparse.Namespace(**{**vars(args), "schedule": "cosine"}),
                                           recurrent=True).optimizer
-  assert float(schedule.make_schedule(cosine, 1000)(500)) < 2.5e-3  # the default decays from the start
+  assert float(schedule.make_schedule(cosine, 1000)(500)) < 2.5e-3  # cosine decays from the start
 
 
 def test_a_second_run_on_the_same_out_is_refused_in_one_line(tmp_path):
