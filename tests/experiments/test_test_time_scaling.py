@@ -1,5 +1,5 @@
 """The main job at a reduced budget on two seeds: more iterations must beat one (a large effect where a seed finds
-the links: +0.18 for seed 0 here), and the job must write its table, plots, per-seed results and verdict."""
+the links: +0.21 for both seeds here), and the job must write its table, plots, per-seed results and verdict."""
 
 import json
 import os
@@ -13,7 +13,7 @@ from experiments import test_time_scaling
 
 SEEDS = (0, 1)
 BITS = 12
-RISE = 0.10  # the better seed's gain from r=1 to its best r (measured: +0.18 and +0.03)
+RISE = 0.15  # the better seed's gain from r=1 to its best r (measured 2026-12-02: +0.209 and +0.207)
 REDUCED = ["--seeds", *map(str, SEEDS), "--bits", str(BITS), "--steps", "600", "--eval-tokens", "1024",
            "--exit-thresholds", "1e-3"]
 
@@ -26,8 +26,9 @@ def run(tmp_path_factory):
 
 
 def test_more_iterations_beat_one(run):
-  """At this budget a seed may not find the links yet (at the full budget about one seed in five does not), so
-  the better of two seeds must gain clearly, and no seed may lose accuracy by iterating more."""
+  """A seed may not find the links (at the full budget about one seed in seven does not, and another machine's
+  rounding acts as another seed), so the better of two seeds must gain clearly, and no seed may lose accuracy by
+  iterating more."""
   _, results = run
   length = str(BITS)
   rec = np.asarray([results["recurrent"]["accuracy"][length][str(r)] for r in test_time_scaling.EVAL_STEPS])
