@@ -40,10 +40,23 @@ def prompts(args, config) -> list[list[int]]:
   return [rng.integers(0, config.vocab_size, args.prompt_len).tolist() for _ in range(args.num_prompts)]
 
 
+def write_json(path: str, data: dict) -> None:
+  """Writes ``data`` whole to a temporary file beside ``path``, then renames it: a run killed while writing never
+  leaves half a file, and an earlier run's file stays until the new one is complete."""
+  partial = f"{path}.{os.getpid()}.tmp"
+  try:
+    with open(partial, "w") as f:
+      json.dump(data, f, indent=1)
+    os.replace(partial, path)
+  except BaseException:
+    if os.path.exists(partial):
+      os.remove(partial)
+    raise
+
+
 def write(out: str, results: dict, fig=None, name: str = "plot.png") -> dict:
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  write_json(os.path.join(out, "results.json"), results)
   if fig is not None:
     fig.savefig(os.path.join(out, name), dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt

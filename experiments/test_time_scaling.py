@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import experiment_utils as eu  # noqa: E402
 
 EVAL_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # the recurrent model's test-time iterations
 BASELINE_STEPS = (1,)  # the baseline is trained at one iteration, always, and evaluated so
@@ -324,10 +327,7 @@ def run(args) -> dict:
   print("test-time scaling HOLDS on every seed" if results["passed"] else
         "test-time scaling does NOT hold on every seed in this run (see the failed checks above)")
   plot(results, os.path.join(args.out, "scaling.png"), os.path.join(args.out, "adaptive.png"))
-  partial = os.path.join(args.out, f"results.json.{os.getpid()}.tmp")
-  with open(partial, "w") as f:  # written whole, then renamed: an interrupted run never leaves half a results.json
-    json.dump(results, f, indent=1)
-  os.replace(partial, os.path.join(args.out, "results.json"))
+  eu.write_json(os.path.join(args.out, "results.json"), results)
   print(f"\nwrote {args.out}/results.json, scaling.png, adaptive.png in {results['total_seconds']:.0f}s")
   return results
 
