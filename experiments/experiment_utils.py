@@ -41,17 +41,11 @@ def prompts(args, config) -> list[list[int]]:
 
 
 def write_json(path: str, data: dict) -> None:
-  """Writes ``data`` whole to a temporary file beside ``path``, then renames it: a run killed while writing never
-  leaves half a file, and an earlier run's file stays until the new one is complete."""
-  partial = f"{path}.{os.getpid()}.tmp"
-  try:
-    with open(partial, "w") as f:
-      json.dump(data, f, indent=1)
-    os.replace(partial, path)
-  except BaseException:
-    if os.path.exists(partial):
-      os.remove(partial)
-    raise
+  """Writes ``data`` whole or not at all (``huginn_jax.atomic_file``): a run killed while writing never leaves half a
+  file, and an earlier run's file stays until the new one is complete."""
+  from huginn_jax.atomic_file import atomic_file
+  with atomic_file(path) as f:
+    json.dump(data, f, indent=1)
 
 
 def write(out: str, results: dict, fig=None, name: str = "plot.png") -> dict:

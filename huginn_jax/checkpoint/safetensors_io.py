@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from huginn_jax.atomic_file import atomic_file
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -97,19 +99,11 @@ def write(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]] | d
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)
   path = os.fspath(path)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(struct.pack("<Q", len(blob)))
-      f.write(blob)
-      for name, array in _ordered(tensors, shapes):
-        f.write(np.ascontiguousarray(array).tobytes())
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with atomic_file(path, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for name, array in _ordered(tensors, shapes):
+      f.write(np.ascontiguousarray(array).tobytes())
 
 
 def _ordered(tensors, shapes) -> Iterator[tuple[str, np.ndarray]]:

@@ -13,6 +13,8 @@ import sys
 import warnings
 from typing import Any, Mapping
 
+from huginn_jax.atomic_file import atomic_file
+
 from huginn_jax import perf
 # FLOP counts live in huginn_jax.flops; re-exported here, where the training loop uses them.
 from huginn_jax.flops import forward_flops_per_token, train_flops_per_token  # noqa: F401
@@ -57,10 +59,8 @@ class MetricsWriter:
       lines = f.readlines()
     kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
     if len(kept) != len(lines):
-      tmp = f"{self.jsonl_path}.tmp-{os.getpid()}"
-      with open(tmp, "w") as f:
+      with atomic_file(self.jsonl_path) as f:
         f.writelines(kept)
-      os.replace(tmp, self.jsonl_path)
     self._jsonl = open(self.jsonl_path, "a")
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
