@@ -11,7 +11,7 @@ import platform
 import jax
 
 import huginn_jax as hj
-from huginn_jax import perf
+from huginn_jax import attention, perf
 
 GIB = 1 << 30
 
@@ -20,7 +20,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--shape", default="tiny", help="config preset: tiny (CPU), small, huginn-0125 (an accelerator)")
   p.add_argument("--dtype", default="bfloat16", help="compute dtype (and param dtype outside training)")
-  p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn", "pallas"))
+  p.add_argument("--attention", default="auto", choices=attention.IMPLEMENTATIONS)
   p.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
   p.add_argument("--json", default=None, help="append one JSON line per result to this file")
   p.add_argument("--profile", default=None, metavar="DIR",

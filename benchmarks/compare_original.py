@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import huginn_jax as hj
-from huginn_jax import flops, perf
+from huginn_jax import attention, flops, perf
 from huginn_jax.checkpoint import hf as hf_lib
 
 import _common
@@ -99,8 +99,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype of both (default: bfloat16 on a GPU, float32 on a CPU); the check that both "
                       "agree always runs in float32")
-  p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn", "pallas"),
-                 help="huginn-jax's attention implementation")
+  p.add_argument("--attention", default="auto", choices=attention.IMPLEMENTATIONS,
+                 help="huginn-jax's attention implementation (auto: blocked on a CPU for prefill and training)")
   p.add_argument("--remat", default=None, help="hj.loss remat_policy (default: hj.loss's own default)")
   p.add_argument("--only", nargs="+", choices=("prefill", "decode", "train"), default=["prefill", "decode", "train"])
   p.add_argument("--repeats", type=int, default=3, help="timed runs per round; the best is kept")

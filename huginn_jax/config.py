@@ -53,7 +53,7 @@ def _base() -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   c.compute_dtype = "float32"
   # A runtime choice, not part of the checkpoint's identity (``shape_fields``): any backend computes the same model.
-  c.attention_impl = "auto"  # "auto" (fastest that fits) | "xla" | "cudnn" (GPU) | "pallas" (TPU)
+  c.attention_impl = "auto"  # "auto" (fastest that fits) | "xla" | "cudnn" (GPU) | "pallas" (TPU) | "blocked" (CPU)
   return c
 
 

@@ -196,12 +196,38 @@ def test_loss_gradients_with_pallas_match_xla(tiny_model, golden):
   assert worst < TOL, errors
 
 
-def test_auto_is_xla_on_cpu():
+def test_auto_on_cpu_is_blocked_for_plain_causal_and_xla_with_padding():
   q, k, v = _qkv((2, 24, 4, 16))
   mask = attention.SelfAttentionMask(kv_valid=_padding(2, 24))
   assert attention.auto_impl(q, k, mask) == "xla"
   chex.assert_trees_all_equal(attention.dot_product_attention(q, k, v, mask, impl="auto"),
                               attention.xla_attention(q, k, v, mask))
+  causal = attention.SelfAttentionMask()
+  assert attention.auto_impl(q, k, causal) == "blocked"
+  chex.assert_trees_all_equal(attention.dot_product_attention(q, k, v, causal, impl="auto"),
+                              attention.blocked_attention(q, k, v, causal))
+
+
+@pytest.mark.parametrize("seq, block", [(300, 128), (256, 128), (24, 128), (24, 5)])
+def test_blocked_equals_xla_in_values_and_gradients(seq, block):
+  """Every block size, a last block shorter than the others, and one block: the same outputs and gradients as the
+  reference, to float32 rounding."""
+  q, k, v = _qkv((2, seq, 4, 16))
+  causal = attention.SelfAttentionMask()
+  weights = jax.random.normal(jax.random.key(3), q.shape)
+  loss = lambda fn: lambda q, k, v: jnp.sum(weights * fn(q, k, v))  # noqa: E731
+  blocked = lambda q, k, v: attention.blocked_attention(q, k, v, causal, block=block)  # noqa: E731
+  reference = lambda q, k, v: attention.xla_attention(q, k, v, causal)  # noqa: E731
+  np.testing.assert_allclose(blocked(q, k, v), reference(q, k, v), atol=2e-6, rtol=1e-5)
+  for got, want in zip(jax.grad(loss(blocked), argnums=(0, 1, 2))(q, k, v),
+                       jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_blocked_hands_other_masks_to_xla():
+  q, k, v = _qkv((2, 24, 4, 16))
+  for mask in (attention.SelfAttentionMask(kv_valid=_padding(2, 24)), attention.causal_mask(24, 24), None):
+    chex.assert_trees_all_equal(attention.blocked_attention(q, k, v, mask), attention.xla_attention(q, k, v, mask))
   assert hj.get_config("huginn-0125").attention_impl == "auto"
 
 
@@ -212,7 +238,9 @@ def test_auto_is_xla_on_cpu():
     ("gpu", jnp.bfloat16, 16, True, "xla"),  # a dense mask (cached decoding)
     ("tpu", jnp.float32, 16, False, "pallas"),
     ("tpu", jnp.bfloat16, 16, True, "xla"),
-    ("cpu", jnp.bfloat16, 16, False, "xla"),
+    ("cpu", jnp.bfloat16, 16, False, "blocked"),
+    ("cpu", jnp.float32, 1, False, "xla"),
+    ("cpu", jnp.float32, 16, True, "xla"),
 ])
 def test_auto_picks_the_fastest_fitting_backend(monkeypatch, platform, dtype, query_len, dense, expected):
   monkeypatch.setattr(attention, "_target_platform", lambda mesh: platform)
