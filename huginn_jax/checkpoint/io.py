@@ -20,20 +20,15 @@ import numpy as np
 from huginn_jax import config as config_lib
 from huginn_jax.checkpoint import hf
 from huginn_jax.checkpoint import safetensors_io
+from huginn_jax.progress import progress
 
 CONFIG_FILE = "huginn_config.json"  # our ConfigDict, in an Orbax checkpoint directory
 PARAMS_DIR = "params"
 
 
-def progress(iterable, total: int, desc: str, enabled: bool = True):
-  """A tqdm progress bar on stderr (silent when disabled or tqdm is missing)."""
-  if not enabled:
-    return iterable
-  try:
-    from tqdm.auto import tqdm
-  except ImportError:
-    return iterable
-  return tqdm(iterable, total=total, desc=desc, unit="tensor", leave=False)
+def tensor_progress(iterable, total: int, desc: str, enabled: bool = True):
+  """Progress over the tensors of a checkpoint (a bar on a terminal, a line now and then in a log file)."""
+  return progress(iterable, total=total, desc=desc, unit="tensor", enabled=enabled, leave=False)
 
 
 @contextlib.contextmanager
@@ -184,8 +179,8 @@ def load_hf(path, dtype=None, shardings=None, show_progress: bool = True):
   """
   source, config = open_hf(path, dtype)
   params: dict[str, Any] = {}
-  for r, w in progress(hf.iter_params(source, config, np.dtype(jnp.dtype(config.param_dtype))),
-                       len(hf.rules(config)), "loading", show_progress):
+  for r, w in tensor_progress(hf.iter_params(source, config, np.dtype(jnp.dtype(config.param_dtype))),
+                              len(hf.rules(config)), "loading", show_progress):
     target = _at(shardings, r.path)
     hf.set_path(params, r.path, _put(w, target))
   return config, params
@@ -296,7 +291,7 @@ def export_hf(path: str | os.PathLike, config: ml_collections.ConfigDict, params
   names = ([f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
            if len(shards) > 1 else ["model.safetensors"])
   tensors = ((n, w if n == "freqs_cis" else w.astype(out_dtype)) for n, w in hf.iter_hf_tensors(params, config))
-  tensors = iter(progress(tensors, len(shapes), "exporting", show_progress))
+  tensors = iter(tensor_progress(tensors, len(shapes), "exporting", show_progress))
   with atomic_dir(path, overwrite) as tmp:
     hf_config = config_lib.to_hf_config(config)
     hf_config["torch_dtype"] = out_dtype.name

@@ -16,6 +16,7 @@ import numpy as np
 
 from huginn_jax.checkpoint.io import atomic_dir
 from huginn_jax.data.sources import TOKEN_DTYPE, resolve_files
+from huginn_jax.progress import progress
 
 BOS_TOKEN, EOS_TOKEN = "<|begin_text|>", "<|end_text|>"  # Huginn's document delimiters (ids 65504, 65505)
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -139,7 +140,7 @@ def prepare_data(inputs: Sequence[str], tokenizer_path: str, out_dir: str, *, se
 
   def encoded() -> Iterator[Sequence[int]]:
     docs = iter_documents(files, text_field)
-    bar = _progress(show_progress)
+    bar = progress(desc="tokenizing", unit="doc", enabled=show_progress)
     while True:
       chunk = [d for _, d in zip(range(batch_docs), docs)]
       if not chunk:
@@ -179,18 +180,3 @@ def _expand_inputs(pattern: str) -> list[str]:
     return found
   return resolve_files(pattern, "text or jsonl")
 
-
-def _progress(enabled: bool):
-  try:
-    from tqdm.auto import tqdm
-  except ImportError:
-    enabled = False
-  if not enabled:
-    class _Silent:
-      def update(self, n):
-        pass
-
-      def close(self):
-        pass
-    return _Silent()
-  return tqdm(desc="tokenizing", unit="doc")

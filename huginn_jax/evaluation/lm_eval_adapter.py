@@ -19,10 +19,11 @@ The harness builds the adapter from ``--model_args`` through ``create_from_arg_s
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Sequence
 
 import numpy as np
+
+from huginn_jax import progress as progress_lib
 
 try:  # pragma: no cover - depends on the environment
   from lm_eval.api.model import LM as _Base
@@ -247,11 +248,8 @@ class HuginnLM(_Base):
       self.batch_size = size
 
   def _batches(self, n: int):
-    starts = range(0, n, self.batch_size)
-    if self.progress:
-      from tqdm import tqdm
-      starts = tqdm(starts, desc=f"huginn r={self.num_steps}", file=sys.stderr)
-    return starts
+    return progress_lib.progress(range(0, n, self.batch_size), desc=f"huginn r={self.num_steps}", unit="batch",
+                                 enabled=self.progress)
 
   def _context_ids(self, context: str) -> list[int]:
     """``prefix_ids`` + the context's ids (no second prefix when the text starts with it, e.g. a chat prompt);
@@ -346,9 +344,8 @@ class HuginnLM(_Base):
 
     size = self.generate_batch_size
     batches = [(key, rows[s:s + size]) for key, rows in groups.items() for s in range(0, len(rows), size)]
-    if self.progress:
-      from tqdm import tqdm
-      batches = tqdm(batches, desc=f"huginn generate r={self.num_steps}", file=sys.stderr)
+    batches = progress_lib.progress(batches, desc=f"huginn generate r={self.num_steps}", unit="batch",
+                                    enabled=self.progress)
     results = [""] * len(requests)
     for (max_new, temperature, width), rows in batches:
       filled = rows + rows[:1] * (min(_pow2_at_least(len(rows)), size) - len(rows))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import warnings
 from typing import Any, Mapping
 
 from huginn_jax.atomic_file import atomic_file
 
 from huginn_jax import perf
+from huginn_jax.progress import progress
 # FLOP counts live in huginn_jax.flops; re-exported here, where the training loop uses them.
 from huginn_jax.flops import forward_flops_per_token, train_flops_per_token  # noqa: F401
 
@@ -114,25 +114,5 @@ def console_line(step: int, total: int, metrics: Mapping[str, Any]) -> str:
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-  """A tqdm bar over optimizer steps on a terminal; a no-op object when disabled, when stderr is not a terminal
-  (a log file gets the periodic metric lines, not thousands of bar redraws) or when tqdm is missing."""
-  if enabled and sys.stderr.isatty():
-    try:
-      from tqdm.auto import tqdm
-      return tqdm(total=total, initial=initial, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
-    except ImportError:
-      pass
-
-  class _NoBar:
-    def update(self, n=1):
-      pass
-
-    def set_postfix_str(self, s):
-      pass
-
-    def write(self, s):
-      print(s, file=sys.stderr)
-
-    def close(self):
-      pass
-  return _NoBar()
+  """The bar over optimizer steps: on a terminal only; a log file gets the periodic metric lines instead."""
+  return progress(total=total, initial=initial, desc="training", unit="step", enabled=enabled, log_every_s=None)
