@@ -72,6 +72,7 @@ def train_config(args, *, recurrent: bool):
   c.optimizer.warmup_steps = min(50, args.steps // 5)
   # trapezoid: the lr stays at its peak until a linear cooldown over the last quarter (cosine has none)
   c.optimizer.cooldown_steps = args.steps // 4 if args.schedule == "trapezoid" else 0
+  c.init_scale = args.init_scale  # 0: every training recurrence starts from a zero state, as evaluation does
   c.data.shuffle = False  # rows in order: the curriculum is in the data (RunningParitySource)
   c.log.every = max(args.steps // 10, 1)
   c.log.tensorboard = False
@@ -266,6 +267,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--rope-base", type=float, default=1000.0)
   parser.add_argument("--mean-recurrence", type=int, default=8)
   parser.add_argument("--backprop-depth", type=int, default=4)
+  parser.add_argument("--init-scale", type=float, default=1.0,
+                      help="std multiplier of the random initial state in training (1.0: the original's; 0: zeros, "
+                           "as at evaluation)")
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
   parser.add_argument("--schedule", default="trapezoid", choices=("trapezoid", "cosine"),

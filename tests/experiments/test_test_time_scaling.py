@@ -86,7 +86,8 @@ def test_trapezoid_schedule_keeps_the_peak_lr_until_the_last_quarter():
   """``--schedule trapezoid``: warmup, the peak lr, then a linear cooldown to lr/30 over the last quarter."""
   from huginn_jax.training import schedule
   args = test_time_scaling.argparse.Namespace(steps=1000, batch_size=16, bits=20, optimizer="adam_atan2", lr=3e-3,
-                                              schedule="trapezoid", mean_recurrence=8, backprop_depth=4)
+                                              schedule="trapezoid", mean_recurrence=8, backprop_depth=4,
+                                              init_scale=1.0)
   lr = schedule.make_schedule(test_time_scaling.train_config(args, recurrent=True).optimizer, 1000)
   assert np.isclose(float(lr(50)), 3e-3) and np.isclose(float(lr(749)), 3e-3)
   assert np.isclose(float(lr(1000)), 1e-4) and float(lr(749)) > float(lr(875)) > float(lr(1000))
