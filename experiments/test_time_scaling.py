@@ -47,11 +47,11 @@ def model_config(args):
   only some seeds."""
   import huginn_jax as hj
   from huginn_jax.tasks import running_parity
-  config = hj.get_config("tiny", vocab_size=running_parity.vocab_size(args.max_hop), d_model=args.width, n_heads=args.width // args.head_dim,
-                         head_dim=args.head_dim, intermediate_size=2 * args.width,
+  config = hj.get_config("tiny", vocab_size=running_parity.vocab_size(args.max_hop), d_model=args.width,
+                         n_heads=args.width // args.head_dim, head_dim=args.head_dim, intermediate_size=2 * args.width,
                          n_layers_prelude=1, n_layers_core=2, n_layers_coda=1,
-                         max_seq_len=args.bits * max(LENGTH_FACTORS) + 1, rope_base=args.rope_base, mean_recurrence=args.mean_recurrence,
-                         mean_backprop_depth=args.backprop_depth)
+                         max_seq_len=args.bits * max(LENGTH_FACTORS) + 1, rope_base=args.rope_base,
+                         mean_recurrence=args.mean_recurrence, mean_backprop_depth=args.backprop_depth)
   config.name = "parity-huginn"
   return config
 
@@ -67,7 +67,7 @@ def train_config(args, *, recurrent: bool):
   c.optimizer.name = args.optimizer
   c.optimizer.lr = args.lr
   c.optimizer.min_lr = args.lr / 30
-  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay = args.weight_decay
   c.optimizer.schedule = args.schedule
   c.optimizer.warmup_steps = min(50, args.steps // 5)
   # trapezoid: the lr stays at its peak until a linear cooldown over the last quarter (cosine has none)
@@ -209,7 +209,8 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
       for seed_curve in acc.T:
         ax.plot(EVAL_STEPS, seed_curve, color=colors[name], lw=0.6, alpha=0.45)
       ax.fill_between(EVAL_STEPS, acc.min(1), acc.max(1), color=colors[name], alpha=0.15)
-      ax.plot(EVAL_STEPS, np.median(acc, 1), "o-", color=colors[name], lw=2, label=f"{name} (median, min-max)" + (" at r=1" if name == "baseline" else ""))
+      label = f"{name} (median, min-max)" + (" at r=1" if name == "baseline" else "")
+      ax.plot(EVAL_STEPS, np.median(acc, 1), "o-", color=colors[name], lw=2, label=label)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
     ax.set_ylim(0.4, 1.02)
@@ -230,7 +231,8 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
     ax.set_ylabel("recurrent accuracy (median over seeds)")
     if col == 0:
       ax.legend(fontsize=7, ncol=2)
-  task = "Running parity" if results["args"]["max_hop"] == 1 else f"Chained parity (hops 1-{results['args']['max_hop']})"
+  max_hop = results["args"]["max_hop"]
+  task = "Running parity" if max_hop == 1 else f"Chained parity (hops 1-{max_hop})"
   fig.suptitle(f"{task}, {len(results['seeds'])} seeds: accuracy against test-time compute")
   fig.tight_layout()
   fig.savefig(path_scaling, dpi=110)
@@ -257,7 +259,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--batch-size", type=int, default=16)
-  parser.add_argument("--bits", type=int, default=20, help="training length in bits (after a start token)")
+  parser.add_argument("--bits", type=int, default=24, help="training length in bits (after a start token)")
   parser.add_argument("--curriculum", type=float, default=0.3,
                       help="fraction of the steps over which the longest labelled chain grows to --bits links")
   parser.add_argument("--curriculum-start", type=int, default=4, help="longest labelled chain at the first step")
@@ -271,6 +273,9 @@ def main(argv=None) -> dict:
                       help="std multiplier of the random initial state in training (1.0: the original's; 0: zeros, "
                            "as at evaluation)")
   parser.add_argument("--lr", type=float, default=3e-3)
+  parser.add_argument("--weight-decay", type=float, default=5e-4,
+                      help="decoupled weight decay: with adam_atan2 the fraction of each weight removed per step at "
+                           "the peak lr (adamw multiplies it by the lr). 1e-4 left about one seed in seven stuck; README)")
   parser.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
   parser.add_argument("--schedule", default="trapezoid", choices=("trapezoid", "cosine"),
                       help="lr schedule after a 50-step warmup: constant, then a linear cooldown to lr/30 over the "
@@ -315,7 +320,8 @@ def run(args) -> dict:
     info.update(evaluate_seeds(trained.params, config, tests, args.exit_thresholds if recurrent else (),
                                EVAL_STEPS if recurrent else BASELINE_STEPS))
     info["eval_seconds"] = time.perf_counter() - start
-    print(f"evaluated at r = {', '.join(map(str, EVAL_STEPS if recurrent else BASELINE_STEPS))} on {len(lengths)} test lengths in "
+    evaluated = ", ".join(map(str, EVAL_STEPS if recurrent else BASELINE_STEPS))
+    print(f"evaluated at r = {evaluated} on {len(lengths)} test lengths in "
           f"{info['eval_seconds']:.0f}s", flush=True)
     results[name] = info
 

@@ -1,5 +1,6 @@
 """The main job at a reduced budget on two seeds: more iterations must beat one (a large effect where a seed finds
-the links: +0.21 for both seeds here), and the job must write its table, plots, per-seed results and verdict."""
+the links: +0.14 and +0.20 here, both seeds at >= 0.996 from r=8), and the job must write its table, plots, per-seed
+results and verdict."""
 
 import json
 import os
@@ -13,7 +14,7 @@ from experiments import test_time_scaling
 
 SEEDS = (0, 1)
 BITS = 12
-RISE = 0.15  # the better seed's gain from r=1 to its best r (measured 2026-12-02: +0.209 and +0.207)
+RISE = 0.15  # the better seed's gain from r=1 to its best r (measured 2026-12-03: +0.135 and +0.196)
 REDUCED = ["--seeds", *map(str, SEEDS), "--bits", str(BITS), "--steps", "600", "--eval-tokens", "1024",
            "--exit-thresholds", "1e-3"]
 
@@ -87,7 +88,7 @@ def test_trapezoid_schedule_keeps_the_peak_lr_until_the_last_quarter():
   from huginn_jax.training import schedule
   args = test_time_scaling.argparse.Namespace(steps=1000, batch_size=16, bits=20, optimizer="adam_atan2", lr=3e-3,
                                               schedule="trapezoid", mean_recurrence=8, backprop_depth=4,
-                                              init_scale=1.0)
+                                              init_scale=1.0, weight_decay=5e-4)
   lr = schedule.make_schedule(test_time_scaling.train_config(args, recurrent=True).optimizer, 1000)
   assert np.isclose(float(lr(50)), 3e-3) and np.isclose(float(lr(749)), 3e-3)
   assert np.isclose(float(lr(1000)), 1e-4) and float(lr(749)) > float(lr(875)) > float(lr(1000))
