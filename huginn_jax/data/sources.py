@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import glob
 import os
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -72,6 +73,9 @@ class ParquetSource:
     self._len = total
     self._cache: dict[int, np.ndarray] = {}
     self._readers: dict[int, object] = {}
+    # grain reads rows from several threads; a pyarrow ParquetFile is not safe to read from two at once (it failed
+    # with "ReadRangeCache did not find matching cache entry"), and the cache is shared, so one reader at a time
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self._len
@@ -79,9 +83,18 @@ class ParquetSource:
   def __getstate__(self):
     state = dict(self.__dict__)
     state["_cache"], state["_readers"] = {}, {}
+    del state["_lock"]
     return state
 
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
   def _row_group(self, index: int):
+    with self._lock:
+      return self._row_group_locked(index)
+
+  def _row_group_locked(self, index: int):
     if index not in self._cache:
       import pyarrow.parquet as pq
       f_index, g = self._groups[index]

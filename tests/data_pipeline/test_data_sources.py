@@ -38,6 +38,23 @@ def test_parquet_rows_across_files_and_row_groups(tmp_path):
   assert len(same) == 13
 
 
+def test_parquet_rows_read_from_many_threads_at_once(tmp_path):
+  """grain reads a source from several threads; one shared pyarrow reader used to fail under that ("ReadRangeCache
+  did not find matching cache entry") or could hand back another row group's rows."""
+  from concurrent.futures import ThreadPoolExecutor
+  rows = np.arange(256 * 17).reshape(256, 17)
+  src = sources.ParquetSource(write_parquet(tmp_path / "a.parquet", rows, row_group_size=4), row_length=17)
+  orders = [np.random.default_rng(t).permutation(len(rows)) for t in range(8)]
+
+  def read(order):
+    return [(i, src[i]) for i in order]
+
+  with ThreadPoolExecutor(8) as pool:
+    for got in pool.map(read, orders):
+      for i, row in got:
+        np.testing.assert_array_equal(row, rows[i])
+
+
 def test_parquet_source_pickles_without_open_files(tmp_path):
   import pickle
   src = sources.ParquetSource(write_parquet(tmp_path / "a.parquet", np.ones((4, 5))), row_length=5)
