@@ -275,7 +275,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--weight-decay", type=float, default=5e-4,
                       help="decoupled weight decay: with adam_atan2 the fraction of each weight removed per step at "
-                           "the peak lr (adamw multiplies it by the lr). 1e-4 left about one seed in seven stuck; README)")
+                           "the peak lr (adamw multiplies it by the lr). 1e-4 left about one seed in seven stuck, see "
+                           "the README")
   parser.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
   parser.add_argument("--schedule", default="trapezoid", choices=("trapezoid", "cosine"),
                       help="lr schedule after a 50-step warmup: constant, then a linear cooldown to lr/30 over the "

@@ -92,19 +92,16 @@ class ParquetSource:
 
   def _row_group(self, index: int):
     with self._lock:
-      return self._row_group_locked(index)
-
-  def _row_group_locked(self, index: int):
-    if index not in self._cache:
-      import pyarrow.parquet as pq
-      f_index, g = self._groups[index]
-      if f_index not in self._readers:
-        self._readers[f_index] = pq.ParquetFile(self.files[f_index])
-      table = self._readers[f_index].read_row_group(g, columns=[self.column])
-      if len(self._cache) >= self.cache_row_groups:
-        self._cache.pop(next(iter(self._cache)))
-      self._cache[index] = table.column(0).combine_chunks()
-    return self._cache[index]
+      if index not in self._cache:
+        import pyarrow.parquet as pq
+        f_index, g = self._groups[index]
+        if f_index not in self._readers:
+          self._readers[f_index] = pq.ParquetFile(self.files[f_index])
+        table = self._readers[f_index].read_row_group(g, columns=[self.column])
+        if len(self._cache) >= self.cache_row_groups:
+          self._cache.pop(next(iter(self._cache)))
+        self._cache[index] = table.column(0).combine_chunks()
+      return self._cache[index]
 
   def __getitem__(self, i: int) -> np.ndarray:
     i = int(i)
