@@ -5,5 +5,5 @@
 # ~9 minutes on 2 CPU cores, install included (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS= source scripts/_venv.sh
+EXTRAS='' source scripts/_venv.sh
 "$VENV/bin/python" experiments/test_time_scaling.py --out "${1:-outputs/main}"

