@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from huginn_jax import api
 from huginn_jax import config as model_config_lib
 from huginn_jax.data import pipeline
 from huginn_jax.training import config as train_config_lib
@@ -44,8 +45,11 @@ class SeedsResult:
     return jax.tree.map(lambda leaf: leaf[index], self.params)
 
 
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+def _init_states(model_config, optimizer, seeds: Sequence[int]):
+  """Every seed's fresh train state, stacked on a leading seed axis: seed ``s`` initialised from ``key(s)`` as
+  ``state.init_state`` does, in one vmapped compilation (one per seed took 4 s each on a 2-core CPU)."""
+  keys = jnp.stack([jax.random.key(s) for s in seeds])
+  return jax.jit(jax.vmap(lambda key: state_lib.create(api.init(model_config, key), optimizer)))(keys)
 
 
 def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict,
@@ -77,7 +81,7 @@ def _train_locked(train_config, model_config, seeds, source_for_seed, workdir, s
   tx, schedule = optimizer_lib.make_optimizer(train_config, train_config.steps)
   step_fn = step_lib.make_train_step(model_config, train_config, tx, schedule)
   run_step = jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0, None)), donate_argnums=(0,))
-  state = _stack([state_lib.init_state(model_config, tx, None, key=jax.random.key(s)) for s in seeds])
+  state = _init_states(model_config, tx, seeds)
   iterators = []
   for seed in seeds:
     per_seed = ml_collections.ConfigDict(train_config.to_dict())
