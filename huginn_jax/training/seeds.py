@@ -47,7 +47,7 @@ class SeedsResult:
 
 def _init_states(model_config, optimizer, seeds: Sequence[int]):
   """Every seed's fresh train state, stacked on a leading seed axis: seed ``s`` initialised from ``key(s)`` as
-  ``state.init_state`` does, in one vmapped compilation (one per seed took 4 s each on a 2-core CPU)."""
+  ``state.init_state`` does, in one vmapped compilation (a compilation per seed cost about 4 s each on a 2-core CPU)."""
   keys = jnp.stack([jax.random.key(s) for s in seeds])
   return jax.jit(jax.vmap(lambda key: state_lib.create(api.init(model_config, key), optimizer)))(keys)
 
