@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from huginn_jax import api
 from huginn_jax import config as model_config_lib
 from huginn_jax.data import pipeline
 from huginn_jax.training import config as train_config_lib
@@ -46,10 +45,10 @@ class SeedsResult:
 
 
 def _init_states(model_config, optimizer, seeds: Sequence[int]):
-  """Every seed's fresh train state, stacked on a leading seed axis: seed ``s`` initialised from ``key(s)`` as
-  ``state.init_state`` does, in one vmapped compilation (a compilation per seed cost about 4 s each on a 2-core CPU)."""
+  """Every seed's fresh train state, stacked on a leading seed axis: ``state.init_state`` from ``key(s)`` for each
+  seed ``s``, vmapped in one compilation (a compilation per seed cost about 4 s each on a 2-core CPU)."""
   keys = jnp.stack([jax.random.key(s) for s in seeds])
-  return jax.jit(jax.vmap(lambda key: state_lib.create(api.init(model_config, key), optimizer)))(keys)
+  return jax.jit(jax.vmap(lambda key: state_lib.init_state(model_config, optimizer, None, key=key)))(keys)
 
 
 def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict,
