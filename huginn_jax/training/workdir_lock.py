@@ -62,11 +62,18 @@ class WorkdirLock:
     self.release()
 
 
-def _read_holder(fd: int) -> str:
-  try:
-    record = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-  except (OSError, ValueError):
-    record = {}
+def _read_holder(fd: int, wait_s: float = 0.5) -> str:
+  """The holder's record for the refusal. A holder writes it just after taking the lock, so an empty file is
+  re-read for up to ``wait_s`` before the holder is called unknown."""
+  deadline = time.monotonic() + wait_s
+  while True:
+    try:
+      record = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):  # a record caught half-written reads as none; the next read gets it whole
+      record = {}
+    if record or time.monotonic() >= deadline:
+      break
+    time.sleep(0.02)
   if not record:
-    return "pid unknown"
+    return "pid unknown: it took the lock but has not written its pid yet"
   return f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}"

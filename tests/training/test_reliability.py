@@ -92,6 +92,24 @@ def test_lock_refuses_a_second_writer_and_a_killed_holder_leaves_it_free(tmp_pat
       WorkdirLock(str(tmp_path)).acquire()
 
 
+def test_the_refusal_names_a_holder_that_writes_its_pid_just_after_locking(tmp_path):
+  """A holder writes its record just after taking the lock; a refusal in between waits for it instead of saying
+  "pid unknown"."""
+  import fcntl
+  import threading
+  lock_file = os.path.join(str(tmp_path), "train.lock")
+  fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, record not yet written
+  late = threading.Timer(0.1, lambda: os.pwrite(fd, b'{"pid": 4242, "host": "h", "started": "t"}\n', 0))
+  late.start()
+  try:
+    with pytest.raises(WorkdirLocked, match=r"\(pid 4242 on h, started t\)"):
+      WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    late.join()
+    os.close(fd)
+
+
 def test_sigterm_and_sigint_stop_at_a_step_with_a_checkpoint_and_the_run_continues(tmp_path, corpus_file, cache,
                                                                                    capsys):
   workdir = tmp_path / "run"
