@@ -280,18 +280,21 @@ def main(argv=None) -> dict:
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--weight-decay", type=float, default=5e-4,
                       help="decoupled weight decay: with adam_atan2 the fraction of each weight removed per step at "
-                           "the peak lr (adamw multiplies it by the lr). 1e-4 left about one seed in seven stuck, see "
-                           "the README")
+                           "the peak lr (adamw multiplies it by the lr). With the coda of before, 1e-4 left about one "
+                           "seed in seven stuck, see the README")
   parser.add_argument("--optimizer", default="adam_atan2", choices=("adam_atan2", "adamw"))
   parser.add_argument("--schedule", default="trapezoid", choices=("trapezoid", "cosine"),
                       help="lr schedule after a 50-step warmup: constant, then a linear cooldown to lr/30 over the "
-                           "last quarter of the steps; or cosine decay to lr/30 (seeds learned the links in 10 of 10 "
-                           "runs with trapezoid, 18 of 22 with cosine)")
+                           "last quarter of the steps; or cosine decay to lr/30 (with the coda of before, at 20 bits: "
+                           "seeds learned the links in 10 of 10 runs with trapezoid, 18 of 22 with cosine)")
   parser.add_argument("--eval-tokens", type=int, default=1024, help="test tokens per test length")
   parser.add_argument("--exit-thresholds", type=float, nargs="*", default=[1e-3, 1e-4, 1e-5])
   args = parser.parse_args(argv)
   if len(set(args.seeds)) != len(args.seeds):
     parser.error(f"--seeds must be distinct, got {args.seeds}.")
+  if args.layers[1] < 1 or min(args.layers) < 0:
+    given = " ".join(map(str, args.layers))
+    parser.error(f"--layers needs a core of at least 1 layer and no negative count, got {given} (the default: 1 2 0).")
   from huginn_jax.training.workdir_lock import WorkdirLock
   with WorkdirLock(args.out, flag="--out"):  # a second run on the same --out is refused, not interleaved
     return run(args)

@@ -35,13 +35,11 @@ class WorkdirLock:
   def acquire(self) -> "WorkdirLock":
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      holder = _read_holder(fd)
+    holder = _wait_for_lock_or_holder(fd)
+    if holder is not None:
       os.close(fd)
       raise WorkdirLocked(f"{os.path.dirname(self.path)} is in use by another training run ({holder}); wait for it "
-                          f"to finish or stop it, or pass another {self.flag}.") from None
+                          f"to finish or stop it, or pass another {self.flag}.")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
@@ -62,18 +60,27 @@ class WorkdirLock:
     self.release()
 
 
-def _read_holder(fd: int, wait_s: float = 0.5) -> str:
-  """The holder's record for the refusal. A holder writes it just after taking the lock, so an empty file is
-  re-read for up to ``wait_s`` before the holder is called unknown."""
+def _try_lock(fd: int) -> bool:
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except OSError:
+    return False
+
+
+def _wait_for_lock_or_holder(fd: int, wait_s: float = 0.5) -> str | None:
+  """None once ``fd`` holds the lock; else the holder's record for the refusal. An empty record means the holder is
+  between taking the lock and writing its pid, or between emptying the file and releasing the lock: for up to
+  ``wait_s`` both the lock and the record are tried again, so neither case is refused as "pid unknown"."""
   deadline = time.monotonic() + wait_s
-  while True:
+  while not _try_lock(fd):
     try:
       record = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):  # a record caught half-written reads as none; the next read gets it whole
       record = {}
-    if record or time.monotonic() >= deadline:
-      break
+    if record:
+      return f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}"
+    if time.monotonic() >= deadline:
+      return "pid unknown: it holds the lock but has written no pid"
     time.sleep(0.02)
-  if not record:
-    return "pid unknown: it took the lock but has not written its pid yet"
-  return f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}"
+  return None

@@ -94,17 +94,37 @@ def test_lock_refuses_a_second_writer_and_a_killed_holder_leaves_it_free(tmp_pat
 
 def test_the_refusal_names_a_holder_that_writes_its_pid_just_after_locking(tmp_path):
   """A holder writes its record just after taking the lock; a refusal in between waits for it instead of saying
-  "pid unknown"."""
+  "pid unknown", and a holder that releases meanwhile lets the waiting run take the lock."""
   import fcntl
   import threading
-  lock_file = os.path.join(str(tmp_path), "train.lock")
-  fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, record not yet written
-  late = threading.Timer(0.1, lambda: os.pwrite(fd, b'{"pid": 4242, "host": "h", "started": "t"}\n', 0))
+  from huginn_jax.training.workdir_lock import lock_path
+
+  def hold(late_action):
+    fd = os.open(lock_path(str(tmp_path)), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, record not yet written
+    os.ftruncate(fd, 0)
+    return fd, threading.Timer(0.05, late_action, args=(fd,))
+
+  fd, late = hold(lambda fd: os.pwrite(fd, b'{"pid": 4242, "host": "h", "started": "t"}\n', 0))
   late.start()
   try:
     with pytest.raises(WorkdirLocked, match=r"\(pid 4242 on h, started t\)"):
       WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    late.join()
+    os.close(fd)
+  fd, _ = hold(None)  # never writes: refused after the wait, saying so
+  try:
+    with pytest.raises(WorkdirLocked, match="pid unknown: it holds the lock but has written no pid"):
+      WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    os.close(fd)
+  fd, late = hold(lambda fd: fcntl.flock(fd, fcntl.LOCK_UN))  # released before writing anything
+  late.start()
+  try:
+    with WorkdirLock(str(tmp_path)) as lock:
+      with open(lock.path) as f:
+        assert json.load(f)["pid"] == os.getpid()
   finally:
     late.join()
     os.close(fd)
