@@ -42,7 +42,8 @@ SOLVED = 0.98  # median accuracy over seeds at every r >= 8, training length
 
 
 def model_config(args):
-  """A 3-layer Huginn (prelude 1, core 2, no coda; d=64 in heads of 8), positions for the longest test strings.
+  """A Huginn of ``--layers`` (default 3: prelude 1, core 2, no coda; d=64 in heads of 8), positions for the longest
+  test strings.
   Small on purpose: five seeds of it train in minutes on a CPU; narrower ones (d=32, or d=48) learned the links on
   only some seeds. No coda: the state itself must hold the labels (it goes straight to the head), so the next
   iteration can read a resolved label one link back; with a coda layer about one seed in seven settled on a one-pass

@@ -99,28 +99,33 @@ def test_the_refusal_names_a_holder_that_writes_its_pid_just_after_locking(tmp_p
   import threading
   from huginn_jax.training.workdir_lock import lock_path
 
-  def hold(late_action):
+  def hold():  # holds the lock with an empty record, as a holder does just after locking or just before releasing
     fd = os.open(lock_path(str(tmp_path)), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, record not yet written
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.ftruncate(fd, 0)
-    return fd, threading.Timer(0.05, late_action, args=(fd,))
+    return fd
 
-  fd, late = hold(lambda fd: os.pwrite(fd, b'{"pid": 4242, "host": "h", "started": "t"}\n', 0))
-  late.start()
+  def soon(action, fd):
+    timer = threading.Timer(0.05, action, args=(fd,))
+    timer.start()
+    return timer
+
+  fd = hold()
+  late = soon(lambda fd: os.pwrite(fd, b'{"pid": 4242, "host": "h", "started": "t"}\n', 0), fd)
   try:
     with pytest.raises(WorkdirLocked, match=r"\(pid 4242 on h, started t\)"):
       WorkdirLock(str(tmp_path)).acquire()
   finally:
     late.join()
     os.close(fd)
-  fd, _ = hold(None)  # never writes: refused after the wait, saying so
+  fd = hold()  # never writes: refused after the wait, saying so
   try:
     with pytest.raises(WorkdirLocked, match="pid unknown: it holds the lock but has written no pid"):
       WorkdirLock(str(tmp_path)).acquire()
   finally:
     os.close(fd)
-  fd, late = hold(lambda fd: fcntl.flock(fd, fcntl.LOCK_UN))  # released before writing anything
-  late.start()
+  fd = hold()
+  late = soon(lambda fd: fcntl.flock(fd, fcntl.LOCK_UN), fd)  # released before writing anything
   try:
     with WorkdirLock(str(tmp_path)) as lock:
       with open(lock.path) as f:
