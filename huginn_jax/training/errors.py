@@ -7,3 +7,8 @@ class WorkdirLocked(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
   """The run stopped because its loss or gradients are no longer finite."""
+
+
+class TrainingStopped(RuntimeError):
+  """The run ended before its last step because its ``stop`` event was set: another run beside it failed or the
+  user interrupted."""

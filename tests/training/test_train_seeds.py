@@ -103,10 +103,52 @@ def test_seeds_differ_and_their_weights_are_saved(seeds_run):
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_seed_groups_side_by_side_equal_one_program_and_log_one_line_per_step(seeds_run):
+  """Two groups (one seed each, two threads) give every seed the numbers of the one-program run, in seed order, and
+  their logged steps are joined into one line and one history row each."""
+  model, train, together = seeds_run
+  lines = []
+  result = train_seeds(train, model, SEEDS, save=False, groups=2, log=lines.append,
+                       source_for_seed=lambda seed: RunningParitySource(STEPS * BATCH, SEQ, seed=seed))
+  assert [row["step"] for row in result.history] == [2, 4]
+  np.testing.assert_allclose([row["loss"] for row in result.history], [row["loss"] for row in together.history],
+                             rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(result.params), jax.tree.leaves(together.params)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+  assert "in 2 programs side by side (seed groups [[3], [7]])" in lines[0]
+  assert [line.split("  ")[0] for line in lines[1:]] == ["step 2/4", "step 4/4"]
+
+
+class _CountingSource(RunningParitySource):
+  """Counts the rows read; raises at row ``fail_at`` when given."""
+
+  def __init__(self, *args, fail_at=None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.fail_at, self.rows_read = fail_at, 0
+
+  def __getitem__(self, index):
+    if index == self.fail_at:
+      raise OSError("disk gone")
+    self.rows_read += 1
+    return super().__getitem__(index)
+
+
+def test_an_error_in_one_seed_group_stops_the_others_and_is_raised():
+  model, train = _configs()
+  train.steps = 400
+  sources = {seed: _CountingSource(400 * BATCH, SEQ, seed=seed, fail_at=BATCH if seed == SEEDS[1] else None)
+             for seed in SEEDS}  # the second seed's group fails at its second step's first row
+  with pytest.raises(OSError, match="disk gone"):
+    train_seeds(train, model, SEEDS, save=False, groups=2, source_for_seed=sources.get)
+  assert sources[SEEDS[0]].rows_read < 100 * BATCH  # the healthy group stopped, it did not train its 400 steps
+
+
 def test_seeds_must_be_distinct():
   model, train = _configs()
   with pytest.raises(ValueError, match="distinct"):
     train_seeds(train, model, (1, 1), source_for_seed=lambda seed: RunningParitySource(8, SEQ), save=False)
+  with pytest.raises(ValueError, match="groups must be a positive"):
+    train_seeds(train, model, SEEDS, source_for_seed=lambda seed: RunningParitySource(8, SEQ), save=False, groups=0)
 
 
 def test_a_held_workdir_is_refused_before_anything_is_written(tmp_path):
