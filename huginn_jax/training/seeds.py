@@ -3,10 +3,10 @@
 A result that holds for one seed may be luck; ``train_seeds`` trains the same recipe from several seeds at once
 (each seed: its own initial weights, data order and initial latent states; by default the depth draws of the first
 seed, shared, so that the vmapped recurrence runs one seed's iterations, not the deepest seed's) in one program, or in
-a few programs side by side (``groups``), for small models that fit one device many times over. It uses the same pieces as ``training.loop.train``
-(optimizer, train state, train step, grain pipeline) and writes each seed's final weights as an Orbax checkpoint
-that ``hj.load`` reads. It does not checkpoint mid-run or resume: use ``train`` for long runs. Like ``train`` it
-holds its workdir (``WorkdirLocked``): two runs never write the same checkpoints.
+a few programs side by side (``groups``), for small models that fit one device many times over. It uses the same
+pieces as ``training.loop.train`` (optimizer, train state, train step, grain pipeline) and writes each seed's final
+weights as an Orbax checkpoint that ``hj.load`` reads. It does not checkpoint mid-run or resume: use ``train`` for
+long runs. Like ``train`` it holds its workdir (``WorkdirLocked``): two runs never write the same checkpoints.
 """
 
 from __future__ import annotations
@@ -58,14 +58,16 @@ def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collec
                 seeds: Sequence[int], *, source_for_seed: Callable[[int], Any], workdir: str | None = None,
                 save: bool = True, shared_depth: bool = True, groups: int = 1,
                 log: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> SeedsResult:
-  """Trains ``model_config`` with ``train_config`` once per seed in ``seeds``, all seeds in one vmapped step.
+  """Trains ``model_config`` with ``train_config`` once per seed in ``seeds``, the seeds in one vmapped step (or in
+  ``groups`` of them).
 
   ``source_for_seed(seed)`` gives the seed's data source (rows for ``pipeline.from_config``); the seed also sets
   ``train.seed`` (weights, depth draws, initial states) and ``train.data.seed`` (shuffle order) of its copy of the
   run; with ``shared_depth`` every seed draws the depth (n, k) of each step as the first seed does (a seed then
   equals that seed trained alone with the first seed's depth schedule). Logs the median and range of the loss over
   seeds every ``train.log.every`` steps (through ``log`` when given; a progress bar as well, on a terminal only,
-  unless ``train.log.progress`` is off), appends them to ``workdir/metrics.jsonl`` and saves seed ``s``'s weights to ``workdir/seed_{s}``.
+  unless ``train.log.progress`` is off), appends them to ``workdir/metrics.jsonl`` and saves seed ``s``'s weights to
+  ``workdir/seed_{s}``.
 
   ``groups`` > 1 splits the seeds into that many groups (in order, sizes differing by at most one), each its own
   vmapped program driven by its own thread, side by side: XLA runs the small ops of a model this size on about one
