@@ -11,7 +11,7 @@ import platform
 import jax
 
 import huginn_jax as hj
-from huginn_jax import attention, perf
+from huginn_jax import attention, host_malloc, perf
 
 GIB = 1 << 30
 
@@ -50,6 +50,9 @@ def header(name: str) -> dict:
            if peak.bf16_flops else "no known peak for this device (MFU not reported)")
   print(f"{name} on {info['devices']}x {info['device']} ({info['backend']}), jax {info['jax']}, {info['date']}; "
         f"{peaks}", flush=True)
+  if info["backend"] == "cpu":  # XLA CPU's per-call buffers: huge pages or 4 KiB ones change the figures by ~20%
+    info["host_malloc"] = host_malloc.describe()
+    print(info["host_malloc"], flush=True)
   return info
 
 

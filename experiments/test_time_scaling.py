@@ -271,7 +271,8 @@ def plot(results: dict, path_scaling: str, path_adaptive: str) -> None:
   plt.close(fig)
 
 
-def main(argv=None) -> dict:
+def make_parser() -> argparse.ArgumentParser:
+  """The job's flags and their defaults (the recipe), also read by benchmarks/host_malloc.py."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", default="outputs/main")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -308,6 +309,11 @@ def main(argv=None) -> dict:
                            "once (2 on 2 cores: XLA keeps about one core busy per program for a model this small)")
   parser.add_argument("--eval-tokens", type=int, default=1024, help="test tokens per test length")
   parser.add_argument("--exit-thresholds", type=float, nargs="*", default=[1e-3, 1e-4, 1e-5])
+  return parser
+
+
+def main(argv=None) -> dict:
+  parser = make_parser()
   args = parser.parse_args(argv)
   if len(set(args.seeds)) != len(args.seeds):
     parser.error(f"--seeds must be distinct, got {args.seeds}.")
@@ -326,7 +332,7 @@ def run(args) -> dict:
   earlier, finished run in the same directory."""
   t0 = time.perf_counter()
 
-  from huginn_jax import num_params
+  from huginn_jax import host_malloc, num_params
   from huginn_jax.tasks import running_parity
   config = model_config(args)
   lengths = [args.bits * f for f in LENGTH_FACTORS]
@@ -335,8 +341,11 @@ def run(args) -> dict:
   print(f"{task}, trained on {args.bits} bits, tested on {', '.join(map(str, lengths))}; Huginn with "
         f"{num_params(config):,} params (prelude {prelude}, core {core} x r, coda {coda}); {args.steps} steps of "
         f"{args.batch_size} sequences; seeds {args.seeds}", flush=True)
+  malloc_line = host_malloc.describe()  # huge pages or not: ~20% of a training step on 2 cores
+  print(malloc_line, flush=True)
   results: dict = {"args": vars(args), "params": num_params(config), "seeds": list(args.seeds),
-                   "train_len": args.bits, "test_lengths": lengths, "eval_steps": list(EVAL_STEPS)}
+                   "train_len": args.bits, "test_lengths": lengths, "eval_steps": list(EVAL_STEPS),
+                   "host_malloc": malloc_line}
   tests = {length: running_parity.make_examples(np.random.default_rng(10_000 + length),
                                                 max(args.eval_tokens // length, 8), length + 1,
                                                 start_token=running_parity.start_token(args.max_hop),
