@@ -50,7 +50,7 @@ def header(name: str) -> dict:
            if peak.bf16_flops else "no known peak for this device (MFU not reported)")
   print(f"{name} on {info['devices']}x {info['device']} ({info['backend']}), jax {info['jax']}, {info['date']}; "
         f"{peaks}", flush=True)
-  if info["backend"] == "cpu":  # XLA CPU's per-call buffers: huge pages or 4 KiB ones change the figures by ~20%
+  if info["backend"] == "cpu":  # huge pages or 4 KiB ones for XLA's per-call buffers: up to ~20%
     info["host_malloc"] = host_malloc.describe()
     print(info["host_malloc"], flush=True)
   return info

@@ -27,15 +27,24 @@ import time
 import numpy as np
 
 WORKS = ("loss-grad", "parity-step")
-SETTINGS = {"4 KiB pages": "", "huge pages": "glibc.malloc.hugetlb=1"}
+TUNABLE = "glibc.malloc.hugetlb"
+SETTINGS = {"4 KiB pages": "", "huge pages": f"{TUNABLE}=1"}  # what each child is started with
+CHILD_TIMEOUT_S = 1800
 
 
-def parser() -> argparse.ArgumentParser:
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
+def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--work", nargs="+", default=list(WORKS), choices=WORKS)
-  p.add_argument("--rounds", type=int, default=2, help="child processes per setting, alternating (default 2)")
-  p.add_argument("--calls", type=int, default=8, help="timed calls per child after one warm-up (default 8)")
-  p.add_argument("--seeds", type=int, default=3, help="parity-step: seeds vmapped in one program (default 3)")
+  p.add_argument("--rounds", type=positive_int, default=2, help="child processes per setting, alternating (default 2)")
+  p.add_argument("--calls", type=positive_int, default=8, help="timed calls per child after one warm-up (default 8)")
+  p.add_argument("--seeds", type=positive_int, default=3, help="parity-step: seeds vmapped in one program (default 3)")
   p.add_argument("--json", default=None, help="append one JSON line per (work, setting) to this file")
   p.add_argument("--child", default=None, choices=WORKS, help=argparse.SUPPRESS)
   return p
@@ -93,32 +102,57 @@ def child(work: str, calls: int, seeds: int) -> dict:
     after = resource.getrusage(resource.RUSAGE_SELF)
     faults.append(after.ru_minflt - before.ru_minflt)
     system.append(after.ru_stime - before.ru_stime)
-  return {"best_ms": 1e3 * min(times), "median_ms": 1e3 * float(np.median(times)),
-          "faults_per_call": float(np.median(faults)), "system_ms_per_call": 1e3 * float(np.median(system))}
+  from huginn_jax import host_malloc
+  return {"host_malloc": host_malloc.describe(), "best_ms": 1e3 * min(times),
+          "median_ms": 1e3 * float(np.median(times)), "faults_per_call": float(np.median(faults)),
+          "system_ms_per_call": 1e3 * float(np.median(system))}
 
 
-def run_child(work: str, tunables: str, args) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-  if tunables:
-    env["GLIBC_TUNABLES"] = tunables
+def child_env(tunable: str) -> dict[str, str]:
+  """This environment with the caller's other glibc tunables kept, glibc.malloc.hugetlb replaced by ``tunable``
+  (dropped when empty)."""
+  env = dict(os.environ)
+  kept = [item for item in env.pop("GLIBC_TUNABLES", "").split(":") if item and not item.startswith(TUNABLE + "=")]
+  if tunable:
+    kept.append(tunable)
+  if kept:
+    env["GLIBC_TUNABLES"] = ":".join(kept)
+  return env
+
+
+def run_child(work: str, tunable: str, args) -> dict:
+  env = child_env(tunable)
   cmd = [sys.executable, os.path.abspath(__file__), "--child", work, "--calls", str(args.calls),
          "--seeds", str(args.seeds)]
-  done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  what = f"the {work} child ({tunable or 'without ' + TUNABLE})"
+  try:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    raise SystemExit(f"host_malloc.py: {what} ran over {CHILD_TIMEOUT_S} s; fewer --calls or --seeds") from None
   if done.returncode != 0:
-    raise SystemExit(f"host_malloc.py: the {work} child ({tunables or 'no tunables'}) failed:\n{done.stderr[-2000:]}")
-  return json.loads(done.stdout.strip().splitlines()[-1])
+    raise SystemExit(f"host_malloc.py: {what} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+  try:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+  except (IndexError, json.JSONDecodeError):
+    raise SystemExit(f"host_malloc.py: {what} printed no result line; its output ends:\n{done.stdout[-2000:]}"
+                     f"{done.stderr[-2000:]}") from None
 
 
 def main(argv=None) -> list[dict]:
-  args = parser().parse_args(argv)
+  args = make_parser().parse_args(argv)
   if args.child:
     print(json.dumps(child(args.child, args.calls, args.seeds)), flush=True)
     return []
   import jax
   from huginn_jax import host_malloc
+  glibc = host_malloc.glibc_version()
+  mode = host_malloc.thp_mode()
   print(f"host_malloc benchmark, jax {jax.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs; "
-        f"kernel THP {host_malloc.thp_mode()}, glibc {host_malloc.glibc_version()}; {args.rounds} rounds alternating, "
-        f"{args.calls} calls per child", flush=True)
+        f"kernel THP {mode or 'absent'}, glibc {'.'.join(map(str, glibc)) if glibc else 'none'}; {args.rounds} rounds "
+        f"alternating, {args.calls} calls per child", flush=True)
+  if mode != "madvise" or glibc is None or glibc < host_malloc.MIN_GLIBC:
+    print(f"warning: the tunable decides the page size only with kernel THP madvise and glibc >= 2.35; here the two "
+          f"children get the same pages, whatever their labels say (each child's own line follows)", flush=True)
   rows = []
   for work in args.work:
     per_setting = {name: [] for name in SETTINGS}
@@ -126,6 +160,8 @@ def main(argv=None) -> list[dict]:
       for name, tunables in SETTINGS.items():
         result = run_child(work, tunables, args)
         per_setting[name].append(result)
+        if r == 0:
+          print(f"  {name} child: {result['host_malloc']}", flush=True)
         print(f"  {work}, round {r + 1}, {name}: best {result['best_ms']:.0f} ms, median {result['median_ms']:.0f} "
               f"ms, {result['faults_per_call']:,.0f} page faults and {result['system_ms_per_call']:.0f} ms of kernel "
               f"time per call", flush=True)

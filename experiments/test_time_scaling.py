@@ -332,6 +332,8 @@ def run(args) -> dict:
   earlier, finished run in the same directory."""
   t0 = time.perf_counter()
 
+  import jax
+
   from huginn_jax import host_malloc, num_params
   from huginn_jax.tasks import running_parity
   config = model_config(args)
@@ -341,8 +343,9 @@ def run(args) -> dict:
   print(f"{task}, trained on {args.bits} bits, tested on {', '.join(map(str, lengths))}; Huginn with "
         f"{num_params(config):,} params (prelude {prelude}, core {core} x r, coda {coda}); {args.steps} steps of "
         f"{args.batch_size} sequences; seeds {args.seeds}", flush=True)
-  malloc_line = host_malloc.describe()  # huge pages or not: ~20% of a training step on 2 cores
-  print(malloc_line, flush=True)
+  malloc_line = host_malloc.describe() if jax.default_backend() == "cpu" else None  # ~20% of the training on CPU
+  if malloc_line:
+    print(malloc_line, flush=True)
   results: dict = {"args": vars(args), "params": num_params(config), "seeds": list(args.seeds),
                    "train_len": args.bits, "test_lengths": lengths, "eval_steps": list(EVAL_STEPS),
                    "host_malloc": malloc_line}

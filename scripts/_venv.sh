@@ -4,7 +4,7 @@
 # (what the README's figures were measured with; `pip install huginn-jax` itself keeps version ranges).
 # Reinstalls when pyproject.toml, the constraints or the extras change. Installs with uv (pinned here; about 30 s
 # faster than pip on a fresh machine) and falls back to pip where uv cannot be installed or cannot reach an index.
-# Last, turns on huge pages for large host buffers (GLIBC_TUNABLES, below) in the processes the scripts start.
+# Last, turns on huge pages for large host buffers in the processes the scripts start (scripts/_hugepages.sh).
 VENV=${HUGINN_VENV:-.venv}
 PY=${PYTHON:-python3}
 EXTRAS=${EXTRAS:-}
@@ -22,10 +22,5 @@ if [ ! -f "$stamp" ]; then
   fi
   touch "$stamp"
 fi
-# XLA CPU allocates each call's large buffers afresh and, with 4 KiB pages, page-faults them on every call (~20% of a
-# training step on 2 cores); glibc >= 2.35 backs them with transparent huge pages under this tunable (read when a
-# process starts; ignored by older glibc and elsewhere; a value the caller set is kept). See huginn_jax/host_malloc.py.
-case ":${GLIBC_TUNABLES:-}:" in
-  *:glibc.malloc.hugetlb=*) ;;
-  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
-esac
+# shellcheck source=scripts/_hugepages.sh
+source scripts/_hugepages.sh
