@@ -77,7 +77,8 @@ def test_scripts_are_shellcheck_clean():
 def test_the_readme_commands_scripts_and_ci_are_shellcheck_clean():
   """scripts/main.sh and scripts/test.sh (the README's two commands), their shared installer (and the tunable it
   sources) and .ci/run."""
-  _assert_shellcheck_clean(["scripts/main.sh", "scripts/test.sh", "scripts/_venv.sh", "scripts/_hugepages.sh", ".ci/run"])
+  _assert_shellcheck_clean(["scripts/main.sh", "scripts/test.sh", "scripts/_venv.sh", "scripts/_hugepages.sh",
+                            ".ci/run"])
 
 
 @pytest.mark.parametrize("accelerator,version,multi_host", SLICES)
