@@ -151,8 +151,8 @@ def main(argv=None) -> list[dict]:
         f"kernel THP {mode or 'absent'}, glibc {'.'.join(map(str, glibc)) if glibc else 'none'}; {args.rounds} rounds "
         f"alternating, {args.calls} calls per child", flush=True)
   if mode != "madvise" or glibc is None or glibc < host_malloc.MIN_GLIBC:
-    print(f"warning: the tunable decides the page size only with kernel THP madvise and glibc >= 2.35; here the two "
-          f"children get the same pages, whatever their labels say (each child's own line follows)", flush=True)
+    print("warning: the tunable decides the page size only with kernel THP madvise and glibc >= 2.35; here the two "
+          "children get the same pages, whatever their labels say (each child's own line follows)", flush=True)
   rows = []
   for work in args.work:
     per_setting = {name: [] for name in SETTINGS}
