@@ -194,8 +194,11 @@ def forward(params: Params, token_ids: Array, *, config: ml_collections.ConfigDi
 def _nll_sum(logits: Array, labels: Array) -> tuple[Array, Array]:
   """(summed negative log-likelihood, count) over labels != -100, in float32."""
   valid = labels != IGNORE_INDEX
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  logits = logits.astype(jnp.float32)
+  # The label's logit as a masked sum, not a gather: its gradient is then one elementwise pass (softmax minus the
+  # one-hot) instead of a scatter into a zero [.., vocab] array plus passes over it (benchmarks/loss_head.py).
+  picked = jnp.sum(jnp.where(jnp.arange(logits.shape[-1]) == labels[..., None], logits, 0.0), axis=-1)
+  nll = jax.nn.logsumexp(logits, axis=-1) - picked
   out_of_range = valid & ((labels < 0) | (labels >= logits.shape[-1]))
   nll = jnp.where(out_of_range, jnp.nan, nll)  # a label no logit stands for poisons the loss instead of hiding
   return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)

@@ -161,3 +161,21 @@ def test_loss_depth_pair_and_its_deprecated_spelling(tiny_model):
     hj.loss(params, tokens, tokens, config=config, num_steps=2, depth=(0, 2))
   with pytest.raises(ValueError, match="depth must be a pair"):
     hj.loss(params, tokens, tokens, config=config, depth=3)
+
+
+def test_cross_entropy_and_its_gradient_match_the_log_softmax_definition():
+  """hj.cross_entropy takes the label's logit as a masked sum (a cheaper gradient than a gather): it must stay the
+  mean of -log_softmax(logits)[label] over labels != -100, and have that gradient (softmax minus one-hot)."""
+  rng = np.random.default_rng(3)
+  logits = jnp.asarray(rng.normal(size=(2, 7, 50)) * 4, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 50, (2, 7)), jnp.int32).at[0, 2].set(-100).at[1, 6].set(-100)
+  value, grad = jax.value_and_grad(hj.cross_entropy)(logits, labels)
+  z = np.asarray(logits, np.float64)
+  logp = z - z.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  valid = np.asarray(labels) != -100
+  picked = np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(float(value), -picked[valid].mean(), rtol=1e-6)
+  expected = np.exp(logp) - np.eye(50)[np.where(valid, labels, 0)]
+  expected = np.where(valid[..., None], expected, 0.0) / valid.sum()
+  np.testing.assert_allclose(np.asarray(grad), expected, atol=1e-7)

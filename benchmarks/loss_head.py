@@ -1,0 +1,91 @@
+"""The vocabulary projection and cross-entropy with their gradients, as ``hj.cross_entropy`` computes them against the
+gather form it replaced (log_softmax, then the label's log-probability by ``take_along_axis``), alternating in one run.
+
+The gather's gradient is a scatter into a zero [tokens, vocab] array plus passes over it; the package takes the
+label's logit as a masked sum, whose gradient is one elementwise pass. Both must give the same loss and gradients
+(checked first). Default shape: issue 15's loss + gradients row (256 tokens, d=512, vocab 32768, float32).
+
+  python benchmarks/loss_head.py                 # ~1 minute on a 2-core CPU
+  python benchmarks/loss_head.py --vocab 65536 --tokens 1024 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import huginn_jax as hj
+from _common import emit, header
+
+
+def gather_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """The earlier form: mean of -log_softmax(logits)[label] (every label valid here)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+
+
+FORMS = {"masked sum (hj.cross_entropy)": hj.cross_entropy, "gather (log_softmax + take_along_axis)":
+         gather_cross_entropy}
+
+
+def head_loss(cross_entropy):
+  """value_and_grad over (x, wte) of cross_entropy(x @ wte.T, labels), jitted."""
+  def loss(x, wte, labels):
+    return cross_entropy((x @ wte.astype(x.dtype).T).astype(jnp.float32), labels)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def main(argv=None) -> list[dict]:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--dtype", default="float32", help="dtype of the hidden states and the matmuls")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs per round; the best is kept")
+  p.add_argument("--json", default=None, help="append one JSON line per form to this file")
+  p.add_argument("--tokens", type=int, default=256)
+  p.add_argument("--d-model", type=int, default=512)
+  p.add_argument("--vocab", type=int, default=32768)
+  p.add_argument("--rounds", type=int, default=4, help="times each form is timed, alternating")
+  args = p.parse_args(argv)
+  info = header("loss_head")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(1, args.tokens, args.d_model)), args.dtype)
+  wte = jnp.asarray(rng.normal(size=(args.vocab, args.d_model)) * 0.02, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, args.vocab, (1, args.tokens)), jnp.int32)
+  fns = {name: head_loss(fn).lower(x, wte, labels).compile() for name, fn in FORMS.items()}
+  outs = {name: jax.block_until_ready(fn(x, wte, labels)) for name, fn in fns.items()}
+  (ours, ref) = outs.values()
+  worst = max(float(jnp.max(jnp.abs(a - b)) / (float(jnp.max(jnp.abs(b))) or 1.0))
+              for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)))
+  print(f"{args.tokens} tokens, d={args.d_model}, vocab {args.vocab}, {args.dtype}; loss and gradients of the two "
+        f"forms differ by at most {worst:.1e} (relative to the largest)", flush=True)
+  if worst > 1e-4:
+    sys.exit(f"the two forms disagree ({worst:.1e}): fix that before timing them")
+  best = {name: [] for name in fns}
+  for _ in range(args.rounds):
+    for name, fn in fns.items():
+      times = []
+      for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(x, wte, labels))
+        times.append(time.perf_counter() - start)
+      best[name].append(min(times) * 1e3)
+  flops = 3 * 2 * args.tokens * args.d_model * args.vocab  # logits, their gradient to x and to wte
+  print("| form | best ms per round | best ms | GEMM GFLOP/s |\n|---|---|---|---|")
+  rows = []
+  for name, ms in best.items():
+    print(f"| {name} | {' / '.join(f'{t:.0f}' for t in ms)} | {min(ms):.1f} | {flops / min(ms) / 1e6:.0f} |")
+    row = {"form": name, "best_ms": min(ms), "per_round_ms": ms, "tokens": args.tokens, "vocab": args.vocab,
+           "d_model": args.d_model, "dtype": args.dtype}
+    emit(info, row, args.json)
+    rows.append(row)
+  ours_ms, ref_ms = (min(ms) for ms in best.values())
+  print(f"hj.cross_entropy: {ref_ms / ours_ms:.2f}x the speed of the gather form", flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
