@@ -75,15 +75,26 @@ def as_dense(mask, q_len: int, kv_len: int) -> Array | None:
   return mask.dense(q_len, kv_len) if isinstance(mask, SelfAttentionMask) else mask
 
 
-def xla_attention(q: Array, k: Array, v: Array, mask=None) -> Array:
-  """Reference attention: scores and softmax in float32, probabilities cast to the value dtype."""
-  mask = as_dense(mask, q.shape[1], k.shape[1])
+KV_LAYOUTS = ("bthd", "bhtd")  # keys and values [B, T, H, D] (the layers' own), or [B, H, T, D] (a KV cache's)
+
+
+def xla_attention(q: Array, k: Array, v: Array, mask=None, kv_layout: str = "bthd") -> Array:
+  """Reference attention: scores and softmax in float32, probabilities cast to the value dtype. q [B,S,H,D]; k, v
+  in ``kv_layout``."""
+  kv = _check_kv_layout(kv_layout)
+  mask = as_dense(mask, q.shape[1], k.shape[kv.index("t")])
   scale = 1.0 / math.sqrt(q.shape[-1])
-  scores = jnp.einsum("bshd,bthd->bhst", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.einsum(f"bshd,{kv}->bhst", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     scores = jnp.where(mask, scores, NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhst,bthd->bshd", probs, v)
+  return jnp.einsum(f"bhst,{kv}->bshd", probs, v)
+
+
+def _check_kv_layout(kv_layout: str) -> str:
+  if kv_layout not in KV_LAYOUTS:
+    raise ValueError(f"Unknown kv_layout {kv_layout!r}; choose one of {KV_LAYOUTS}.")
+  return kv_layout
 
 
 def is_plain_causal(mask) -> bool:
@@ -278,9 +289,20 @@ def _auto_attention(q: Array, k: Array, v: Array, mask=None) -> Array:
   return dot_product_attention(q, k, v, mask, impl)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "auto") -> Array:
-  """Scaled dot-product attention. q [B,S,H,D], k/v [B,T,H,D]; mask is None (attend everywhere), a
-  ``SelfAttentionMask``, or booleans broadcastable to [B,H,S,T] (True = attend). ``impl`` picks the backend."""
+def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "auto",
+                          kv_layout: str = "bthd") -> Array:
+  """Scaled dot-product attention. q [B,S,H,D], k/v [B,T,H,D] (or [B,H,T,D] with ``kv_layout="bhtd"``, as a KV
+  cache holds them); mask is None (attend everywhere), a ``SelfAttentionMask``, or booleans broadcastable to
+  [B,H,S,T] (True = attend). ``impl`` picks the backend.
+
+  Heads-major keys come with the dense masks of decoding, which every backend but cuDNN computes with XLA anyway:
+  XLA reads them as they lie; cuDNN gets them swapped to [B,T,H,D]."""
+  if _check_kv_layout(kv_layout) == "bhtd":
+    if impl != "cudnn":
+      if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"Unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}.")
+      return xla_attention(q, k, v, mask, kv_layout)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   if impl == "auto":
     return _auto_attention(q, k, v, mask)
   if impl == "xla":

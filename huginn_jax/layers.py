@@ -34,7 +34,8 @@ class KVSlot(Protocol):
   """
 
   def update(self, cache: Any, k: Array, v: Array) -> tuple[Any, Array, Array, Any]:
-    """Stores k, v [B, C, H, D]; returns (cache, keys [B, T, H, D], values [B, T, H, D], mask for the queries)."""
+    """Stores k, v [B, C, H, D]; returns (cache, keys [B, H, T, D], values [B, H, T, D], mask for the queries):
+    heads-major, as a KV cache keeps them."""
 
 
 def param(rngs: nnx.Rngs | None, init: Initializer, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...]):
@@ -110,9 +111,10 @@ class Attention(nnx.Module):
     """(output, cache). ``mask``: None, a ``SelfAttentionMask`` or a dense boolean mask (see
     ``huginn_jax.attention``); with a ``slot`` the keys, values and mask come from the cache instead."""
     q, k, v = self.qkv(x, positions)
-    if slot is not None:
-      cache, k, v, mask = slot.update(cache, k, v)
-    return self.out(dot_product_attention(q, k, v, mask, self.impl)), cache
+    if slot is None:
+      return self.out(dot_product_attention(q, k, v, mask, self.impl)), cache
+    cache, k, v, mask = slot.update(cache, k, v)
+    return self.out(dot_product_attention(q, k, v, mask, self.impl, kv_layout="bhtd")), cache
 
 
 class GatedMLP(nnx.Module):

@@ -1,7 +1,9 @@
 """The KV cache of Huginn decoding: a preallocated pytree with static shapes and one slot per cached layer.
 
 The original keeps a dict of KV entries per (layer, recurrence step) and per token. Here every entry lives in
-``k_store``/``v_store`` arrays shaped [slots, B, T, H, D]; ``depth`` [B, T] records how many core iterations were
+``k_store``/``v_store`` arrays shaped [slots, B, H, T, D] (heads-major: the attention reads a slot as it lies; with
+[B, T, H, D], XLA CPU transposed both for every layer of every iteration, a third of batch-8 decoding's time in
+issue 15's profile); ``depth`` [B, T] records how many core iterations were
 computed for the token at each position, which is all that is needed to know which core slots hold an entry for it.
 The cache is sized for tokens of at most ``max_depth`` core iterations (r below); a chunk runs ``num_steps`` <=
 ``max_depth`` of them (generation sizes the cache for the larger of its verifier's and its drafts' counts).
@@ -167,8 +169,8 @@ class KVCache:
   slot back costs a free bitcast. Other dtypes are stored as they are.
   """
 
-  k_store: Array  # [slots, B, T, H, D]
-  v_store: Array  # [slots, B, T, H, D]
+  k_store: Array  # [slots, B, H, T, D]
+  v_store: Array  # [slots, B, H, T, D]
   depth: Array  # [B, T] int32: core iterations computed for the token at each position
   dtype: str = flax.struct.field(pytree_node=False, default="float32")
 
@@ -190,7 +192,7 @@ def _from_storage(x: Array, dtype) -> Array:
 
 def init_cache(layout: CacheLayout, config, batch: int, max_len: int, dtype=None) -> KVCache:
   dtype = jnp.dtype(config.compute_dtype if dtype is None else dtype)
-  shape = (layout.n_slots, batch, max_len, config.n_heads, config.head_dim)
+  shape = (layout.n_slots, batch, config.n_heads, max_len, config.head_dim)
   store = _storage_dtype(dtype)
   return KVCache(jnp.zeros(shape, store), jnp.zeros(shape, store), jnp.zeros((batch, max_len), jnp.int32),
                  dtype=dtype.name)
@@ -203,7 +205,7 @@ def _positions(start: Array, length: int, gate: Array, max_len: int) -> Array:
 
 
 def read_slot(cache: KVCache, slot) -> tuple[Array, Array]:
-  """Keys and values [B, T, H, D] of one slot (a Python int or a traced int32)."""
+  """Keys and values [B, H, T, D] of one slot (a Python int or a traced int32)."""
   def take(arr):
     return _from_storage(jax.lax.dynamic_index_in_dim(arr, slot, 0, keepdims=False), cache.dtype)
   return take(cache.k_store), take(cache.v_store)
@@ -214,7 +216,8 @@ def write_kv(cache: KVCache, slot, start: Array, k: Array, v: Array, gate: Array
   batch, length = k.shape[:2]
   pos = _positions(start, length, gate, cache.depth.shape[1])
   rows = jnp.arange(batch)[:, None]
-  put = lambda arr, new: arr.at[slot, rows, pos].set(_to_storage(new, cache.dtype), mode="drop")  # noqa: E731
+  # Indices (slot, rows, pos) around the heads slice: the indexed region is [B, C, H, D], k's own layout.
+  put = lambda arr, new: arr.at[slot, rows, :, pos].set(_to_storage(new, cache.dtype), mode="drop")  # noqa: E731
   return cache.replace(k_store=put(cache.k_store, k), v_store=put(cache.v_store, v))
 
 
@@ -272,12 +275,12 @@ def core_visible(layout: CacheLayout, depth: Array, slot, seen: Array | None = N
 
 
 def read_core_kv(cache: KVCache, layout: CacheLayout, step, j: int, seen: Array | None = None) -> tuple[Array, Array]:
-  """Keys and values [B, T, H, D] that core layer j at ``step`` attends to."""
+  """Keys and values [B, H, T, D] that core layer j at ``step`` attends to."""
   slot = layout.core_slot(step, j)
   if layout.lookup == "full":
     return read_slot(cache, slot)
   pick, _ = lookup_slots(layout, cache.depth, slot, seen)
-  idx = (layout.n_prelude + jnp.maximum(pick, 0))[None, :, :, None, None]
+  idx = (layout.n_prelude + jnp.maximum(pick, 0))[None, :, None, :, None]
   take = lambda arr: _from_storage(jnp.take_along_axis(arr, idx, axis=0)[0], cache.dtype)  # noqa: E731
   return take(cache.k_store), take(cache.v_store)
 

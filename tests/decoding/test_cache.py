@@ -119,7 +119,7 @@ def test_lookup_rules_pick_the_originals_entries(strategy):
       visible = np.asarray(cache_lib.core_visible(layout, cache.depth, slot, seen))
       for b, depths in enumerate(rows):
         expected = _original_lookup(strategy, depths, _original_core_index(strategy, 4 * step + j))
-        got = [int(k) if v else None for k, v in zip(np.asarray(keys)[b, :, 0, 0], visible[b])]
+        got = [int(k) if v else None for k, v in zip(np.asarray(keys)[b, 0, :, 0], visible[b])]  # [B, H, T, D]
         assert got == expected, (strategy, step, j, depths)
 
 
@@ -142,11 +142,12 @@ def test_writes_go_to_each_rows_position_and_respect_the_gate():
   start, gate = jnp.array([0, 3, 4]), jnp.array([True, True, False])
   cache = cache_lib.write_kv(cache, 5, start, k, -k, gate)
   cache = cache_lib.set_depth(cache, start, 2, 7, gate)
-  got = np.asarray(cache_lib.read_slot(cache, 5)[0])
+  got = np.asarray(cache_lib.read_slot(cache, 5)[0]).swapaxes(1, 2)  # read heads-major: [B, H, T, D]
   np.testing.assert_array_equal(got[0, :2], k[0])
   np.testing.assert_array_equal(got[1, 3:5], k[1])
   assert not got[0, 2:].any() and not got[1, :3].any() and not got[2].any()  # nothing else, gated row untouched
-  np.testing.assert_array_equal(np.asarray(cache_lib.read_slot(cache, 5)[1]), -got)
+  assert cache.k_store.shape == (layout.n_slots, 3, config.n_heads, 6, config.head_dim)
+  np.testing.assert_array_equal(np.asarray(cache_lib.read_slot(cache, 5)[1]).swapaxes(1, 2), -got)
   assert not np.asarray(cache.k_store[:5]).any() and not np.asarray(cache.k_store[6:]).any()
   np.testing.assert_array_equal(np.asarray(cache.depth), [[7, 7, 0, 0, 0, 0], [0, 0, 0, 7, 7, 0], [0] * 6])
 
@@ -201,8 +202,8 @@ def test_latest_m4_reads_each_token_at_its_last_step_of_the_same_layer():
   for step in range(4):
     k, v = cache_lib.read_core_kv(cache, layout, step, 1)
     expected = [layout.core_slot(min(step, d - 1), 1) for d in (4, 1, 2, 3)]
-    np.testing.assert_array_equal(np.asarray(k)[0, :, 0, 0], expected)
-    np.testing.assert_array_equal(np.asarray(v)[0, :, 0, 0], -np.array(expected))
+    np.testing.assert_array_equal(np.asarray(k)[0, 0, :, 0], expected)
+    np.testing.assert_array_equal(np.asarray(v)[0, 0, :, 0], -np.array(expected))
 
 
 def test_16_bit_caches_are_stored_as_bits_and_read_back_exactly():
@@ -212,7 +213,7 @@ def test_16_bit_caches_are_stored_as_bits_and_read_back_exactly():
   assert cache.k_store.dtype == jnp.uint16 and cache.dtype == "bfloat16"
   k = jax.random.normal(jax.random.key(0), (2, 3, 4, 16), jnp.bfloat16)
   cache = cache_lib.write_kv(cache, 3, jnp.array([0, 2]), k, k * 2, jnp.array([True, True]))
-  keys, values = cache_lib.read_slot(cache, 3)
+  keys, values = (x.swapaxes(1, 2) for x in cache_lib.read_slot(cache, 3))  # read [B, H, T, D]
   assert keys.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(keys[0, :3], np.float32), np.asarray(k[0], np.float32))
   np.testing.assert_array_equal(np.asarray(values[1, 2:], np.float32), np.asarray(k[1] * 2, np.float32))

@@ -33,7 +33,7 @@ def test_the_bf16_decoding_program_never_converts_the_whole_cache(bf16_model, ca
   """A float op on the whole bf16 cache is run in f32 on XLA CPU: the cache stays uint16 inside the program."""
   config = bf16_model[0]
   layout = cache_lib.cache_layout(cache, config, 3)
-  whole = f"[{layout.n_slots},1,10,{config.n_heads},{config.head_dim}]"
+  whole = f"[{layout.n_slots},1,{config.n_heads},10,{config.head_dim}]"  # [slots, B, H, T, D]
   hlo = _hlo(bf16_model, cache=cache)
   assert f"u16{whole}" in hlo  # the cache is there, as bits
   float_ops = [line for line in hlo.splitlines() if re.search(rf"= (f32|bf16){re.escape(whole)}", line)]
