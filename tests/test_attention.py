@@ -258,3 +258,18 @@ def test_auto_falls_back_to_xla_when_cudnn_refuses(monkeypatch):
   with pytest.warns(UserWarning, match="cuDNN flash attention is unavailable"):
     out = attention.dot_product_attention(q, k, v, attention.SelfAttentionMask(), impl="auto")
   chex.assert_trees_all_equal(out, attention.xla_attention(q, k, v, attention.SelfAttentionMask()))
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla", "blocked", "pallas"])
+def test_heads_major_keys_give_the_same_attention(impl):
+  """A KV cache hands the attention keys and values [B, H, T, D]: the same result as [B, T, H, D], with a dense
+  decoding mask (queries shorter than keys) under every backend that runs on the CPU."""
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(2, 3, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, 7, 4, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.random((2, 1, 3, 7)) < 0.7)
+  ref = attention.dot_product_attention(q, k, v, mask, "xla")
+  got = attention.dot_product_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask, impl, kv_layout="bhtd")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="kv_layout"):
+    attention.dot_product_attention(q, k, v, mask, impl, kv_layout="bthd ")
