@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import huginn_jax as hj
-from huginn_jax import attention, flops, perf
+from huginn_jax import attention, flops, layers, perf
 from huginn_jax.checkpoint import hf as hf_lib
 
 import _common
@@ -281,7 +281,7 @@ def gemm_rates(torch, device, dtype: str, shapes) -> dict:
   tdtype = getattr(torch, dtype)
   per_shape, totals = [], {impl: 0.0 for impl in ("torch", "xla")}
   total_flops = 0.0
-  matmul = jax.jit(lambda a, b: a @ b)
+  matmul = jax.jit(lambda a, b: layers.project("mk,kn->mn", a, b))  # as the model's matmuls run
   for name, m, k, n, uses in shapes:
     a, b = torch.randn(m, k, device=device, dtype=tdtype), torch.randn(k, n, device=device, dtype=tdtype)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)

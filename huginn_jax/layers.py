@@ -7,6 +7,7 @@ and from the original's torch names and layouts.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Protocol
 
 import jax
@@ -36,6 +37,42 @@ class KVSlot(Protocol):
   def update(self, cache: Any, k: Array, v: Array) -> tuple[Any, Array, Array, Any]:
     """Stores k, v [B, C, H, D]; returns (cache, keys [B, H, T, D], values [B, H, T, D], mask for the queries):
     heads-major, as a KV cache keeps them."""
+
+
+def project(spec: str, x: Array, w: Array) -> Array:
+  """``jnp.einsum(spec, x, w)`` with the weight cast to x's dtype, the result in x's dtype: every weight matmul of
+  the model goes through it.
+
+  16-bit inputs on the CPU ask XLA for a float32 result, rounded to x's dtype once after: XLA CPU then runs its
+  bfloat16 GEMM kernels (twice its float32 rate on a CPU with AVX512-BF16), where asking for a bfloat16 result ran
+  them at the float32 rate (benchmarks/README.md, issue 15). The products accumulate in float32 either way. The
+  gradients are computed the same way.
+  """
+  w = w.astype(x.dtype)
+  if "..." in spec:  # name the leading axes, as the gradient's einsums must
+    spec = spec.replace("...", "ABCDEFGH"[:x.ndim - len(spec.split(",")[0]) + 3])
+  if x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating) and jax.default_backend() == "cpu":
+    return _project_wide(spec, x, w)
+  return jnp.einsum(spec, x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _project_wide(spec: str, x: Array, w: Array) -> Array:
+  return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _project_wide_fwd(spec, x, w):
+  return _project_wide(spec, x, w), (x, w)
+
+
+def _project_wide_bwd(spec, residuals, grad):
+  x, w = residuals
+  inputs, out = spec.split("->")
+  x_axes, w_axes = inputs.split(",")
+  return _project_wide(f"{out},{w_axes}->{x_axes}", grad, w), _project_wide(f"{x_axes},{out}->{w_axes}", x, grad)
+
+
+_project_wide.defvjp(_project_wide_fwd, _project_wide_bwd)
 
 
 def param(rngs: nnx.Rngs | None, init: Initializer, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...]):
@@ -93,7 +130,7 @@ class Attention(nnx.Module):
     """Projects x [B,S,d] to q, k, v [B,S,H,D], with the bias and RoPE applied to q and k."""
     # The split axis t after b, s: with it first, XLA CPU copied the weight into a new layout inside the loop of
     # core iterations, on every iteration (most of a batch-1 decode step; issue 15's profile).
-    qkv = jnp.einsum("bsd,dthk->bsthk", x, self.wqkv[...].astype(x.dtype))
+    qkv = project("bsd,dthk->bsthk", x, self.wqkv[...])
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.qk_bias is not None:
       bias = self.qk_bias[...].astype(x.dtype)
@@ -104,7 +141,7 @@ class Attention(nnx.Module):
 
   def out(self, y: Array) -> Array:
     y = with_logical_constraint(y, HEADS_ACT)
-    return jnp.einsum("bshk,hkd->bsd", y, self.proj[...].astype(y.dtype))
+    return project("bshk,hkd->bsd", y, self.proj[...])
 
   def __call__(self, x: Array, positions: Array, mask, cache: Any = None,
                slot: KVSlot | None = None) -> tuple[Array, Any]:
@@ -126,9 +163,9 @@ class GatedMLP(nnx.Module):
     self.proj = param(rngs, normal(out_std), (hidden, d_model), param_dtype, ("mlp", "embed"))
 
   def __call__(self, x: Array) -> Array:
-    h = jnp.einsum("bsd,dti->bsti", x, self.fc[...].astype(x.dtype))  # t after b, s: see Attention.qkv
+    h = project("bsd,dti->bsti", x, self.fc[...])  # t after b, s: see Attention.qkv
     hidden = with_logical_constraint(jax.nn.silu(h[:, :, 0]) * h[:, :, 1], MLP_ACT)
-    return jnp.einsum("bsi,id->bsd", hidden, self.proj[...].astype(x.dtype))
+    return project("bsi,id->bsd", hidden, self.proj[...])
 
 
 class SandwichBlock(nnx.Module):

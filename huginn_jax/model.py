@@ -21,7 +21,7 @@ import ml_collections
 from flax import nnx
 
 from huginn_jax import config as config_lib
-from huginn_jax.layers import EMBED_ACT, KVSlot, RMSNorm, SandwichBlock, normal, param
+from huginn_jax.layers import EMBED_ACT, KVSlot, RMSNorm, SandwichBlock, normal, param, project
 from huginn_jax.sharding import with_logical_constraint
 
 VOCAB_ACT = ("act_batch", "act_seq", "act_vocab")
@@ -61,7 +61,7 @@ class Core(nnx.Module):
                             for _ in range(config.n_layers_core)])
 
   def inject(self, s: Array, e: Array) -> Array:
-    return jnp.concatenate([s, e], axis=-1) @ self.adapter[...].astype(s.dtype)
+    return project("...i,id->...d", jnp.concatenate([s, e], axis=-1), self.adapter[...])
 
   def __call__(self, s: Array, e: Array, positions: Array, mask, cache: Any = None, slots: CacheSlots | None = None,
                step=None) -> tuple[Array, Any]:
@@ -130,7 +130,7 @@ class Huginn(nnx.Module):
 
   def logits(self, x: Array) -> Array:
     """The tied head: x @ wte.T in the compute dtype, returned in float32."""
-    logits = (x @ self.wte[...].astype(x.dtype).T).astype(jnp.float32)
+    logits = project("...d,vd->...v", x, self.wte[...]).astype(jnp.float32)
     return with_logical_constraint(logits, VOCAB_ACT) if logits.ndim == 3 else logits
 
 

@@ -81,3 +81,14 @@ def test_iterate_with_an_observer_freezes_rows_and_stops_early():
   np.testing.assert_allclose(watched.state[1], one[1], rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="observer runs a while loop"):
     iterate(None, jnp.zeros((1, 1, 2)), None, None, None, 1, max_steps=2, observer=_FreezeRowOneAfterOneStep())
+
+
+def test_the_cast_check_tells_a_weight_cast_from_a_rounded_matmul():
+  """casts_in_loops must still find a weight cast inside a loop, while a matmul's float32 result rounded to bf16
+  (how 16-bit matmuls run on the CPU, gradients included) is not one."""
+  w, x = jnp.ones((8, 8), jnp.float32), jnp.ones((8, 8), jnp.bfloat16)
+  cast = lambda w, x: jax.lax.scan(lambda c, _: (c @ w.astype(jnp.bfloat16), None), x, None, length=3)[0]  # noqa
+  rounded = lambda w, x: jax.lax.scan(  # noqa: E731
+      lambda c, _: (jnp.dot(c, c, preferred_element_type=jnp.float32).astype(jnp.bfloat16), None), x, None, length=3)[0]
+  assert len(casts_in_loops(jax.make_jaxpr(cast)(w, x).jaxpr, {(8, 8)})) == 1
+  assert not casts_in_loops(jax.make_jaxpr(rounded)(w, x).jaxpr, {(8, 8)})
