@@ -51,15 +51,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def loss_grad_call():
-  """A no-argument function running one loss + gradients call of the issue-15 shape."""
+  """A no-argument function running one loss + gradients call of issue 15's shape (``compare_original.SHAPES``)."""
   import jax
   import huginn_jax as hj
-  config = hj.get_config("tiny", vocab_size=32768, d_model=512, n_heads=8, head_dim=64, intermediate_size=1536,
-                         max_seq_len=512, compute_dtype="float32", param_dtype="float32")
+  from compare_original import SHAPES
+  shape = SHAPES["issue15"]
+  prelude, core, coda = shape["layers"]
+  config = hj.get_config("tiny", vocab_size=shape["vocab"], d_model=shape["d_model"], n_heads=shape["heads"],
+                         head_dim=shape["d_model"] // shape["heads"], intermediate_size=shape["mlp"],
+                         n_layers_prelude=prelude, n_layers_core=core, n_layers_coda=coda,
+                         max_seq_len=max(shape["train_len"], 512), compute_dtype="float32", param_dtype="float32")
   params = hj.init(config, jax.random.key(0))
-  rows = np.random.default_rng(0).integers(0, config.vocab_size, (1, 257), np.int32)
+  rows = np.random.default_rng(0).integers(0, config.vocab_size, (1, shape["train_len"] + 1), np.int32)
   inputs, labels = jax.device_put(rows[:, :-1]), jax.device_put(rows[:, 1:])
-  step = jax.jit(jax.value_and_grad(lambda p, x, y: hj.loss(p, x, y, config=config, depth=(6, 2), init_scale=0.0)))
+  step = jax.jit(jax.value_and_grad(lambda p, x, y: hj.loss(p, x, y, config=config, depth=shape["depth"],
+                                                             init_scale=0.0)))
   return lambda: step(params, inputs, labels)
 
 
@@ -69,15 +75,13 @@ def parity_step_call(num_seeds: int):
   import jax.numpy as jnp
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
   import test_time_scaling as job
-  from huginn_jax.training import optimizer as optimizer_lib, state as state_lib, step as step_lib
+  from huginn_jax.training import optimizer as optimizer_lib, seeds as seeds_lib, step as step_lib
   args = job.make_parser().parse_args(["--seeds", *map(str, range(num_seeds))])
   model_config = job.model_config(args)
   train_config = job.train_config(args, recurrent=True)
   optimizer, schedule = optimizer_lib.make_optimizer(train_config, train_config.steps)
-  step = jax.jit(jax.vmap(step_lib.make_train_step(model_config, train_config, optimizer, schedule),
-                          in_axes=(0, 0, 0, None)), donate_argnums=(0,))
-  init = jax.vmap(lambda key: state_lib.init_state(model_config, optimizer, None, key=key))
-  holder = {"state": init(jax.random.split(jax.random.key(0), num_seeds))}
+  step = seeds_lib.seeds_step(model_config, train_config, optimizer, schedule)
+  holder = {"state": seeds_lib.init_states(model_config, optimizer, range(num_seeds))}
   rows = np.random.default_rng(0).integers(0, 5, (num_seeds, 1, args.batch_size, args.bits + 1), np.int32)
   batch = {"inputs": jnp.asarray(rows[..., :-1]), "labels": jnp.asarray(rows[..., 1:])}
   ids = jnp.arange(num_seeds, dtype=jnp.int32)

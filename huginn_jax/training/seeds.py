@@ -47,11 +47,18 @@ class SeedsResult:
     return jax.tree.map(lambda leaf: leaf[index], self.params)
 
 
-def _init_states(model_config, optimizer, seeds: Sequence[int]):
+def init_states(model_config, optimizer, seeds: Sequence[int]):
   """Every seed's fresh train state, stacked on a leading seed axis: ``state.init_state`` from ``key(s)`` for each
   seed ``s``, vmapped in one compilation (a compilation per seed cost about 4 s each on a 2-core CPU)."""
   keys = jnp.stack([jax.random.key(s) for s in seeds])
   return jax.jit(jax.vmap(lambda key: state_lib.init_state(model_config, optimizer, None, key=key)))(keys)
+
+
+def seeds_step(model_config, train_config, optimizer, schedule):
+  """The real train step over stacked seeds, jitted, the state donated: ``(state, batch, seed ids, depth) -> (state,
+  metrics)``, with ``batch`` and ``state`` carrying the seed axis first and one ``depth`` (n, k) for all."""
+  step_fn = step_lib.make_train_step(model_config, train_config, optimizer, schedule)
+  return jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0, None)), donate_argnums=(0,))
 
 
 def train_seeds(train_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict,
@@ -131,8 +138,7 @@ def _train_locked(train_config, model_config, seeds, source_for_seed, workdir, s
                   log, stop) -> SeedsResult:
   """The body of ``train_seeds``, run while it holds the workdir."""
   tx, schedule = optimizer_lib.make_optimizer(train_config, train_config.steps)
-  step_fn = step_lib.make_train_step(model_config, train_config, tx, schedule)
-  run_step = jax.jit(jax.vmap(step_fn, in_axes=(0, 0, 0, None)), donate_argnums=(0,))
+  run_step = seeds_step(model_config, train_config, tx, schedule)
   if shared_depth:
     first = ml_collections.ConfigDict(train_config.to_dict())
     first.seed = seeds[0]
@@ -155,7 +161,7 @@ def _train_locked(train_config, model_config, seeds, source_for_seed, workdir, s
   stop = stop if stop is not None else threading.Event()  # set when a group fails: the others end at their next step
 
   def train_group(index: int, group: tuple[int, ...]):
-    state = _init_states(model_config, tx, group)
+    state = init_states(model_config, tx, group)
     iterators = []
     for seed in group:
       per_seed = ml_collections.ConfigDict(train_config.to_dict())
