@@ -194,11 +194,10 @@ def forward(params: Params, token_ids: Array, *, config: ml_collections.ConfigDi
 def _nll_sum(logits: Array, labels: Array) -> tuple[Array, Array]:
   """(summed negative log-likelihood, count) over labels != -100, in float32."""
   valid = labels != IGNORE_INDEX
-  logits = logits.astype(jnp.float32)
-  # The label's logit as a masked sum, not a gather: its gradient is then one elementwise pass (softmax minus the
-  # one-hot) instead of a scatter into a zero [.., vocab] array plus passes over it (benchmarks/loss_head.py).
-  picked = jnp.sum(jnp.where(jnp.arange(logits.shape[-1]) == labels[..., None], logits, 0.0), axis=-1)
-  nll = jax.nn.logsumexp(logits, axis=-1) - picked
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  # The label's log-probability as a masked sum, not a gather: the same value and gradient to the bit, but the
+  # gradient is a select instead of a scatter into a zero [.., vocab] array (benchmarks/loss_head.py).
+  nll = -jnp.sum(jnp.where(jnp.arange(logp.shape[-1]) == labels[..., None], logp, 0.0), axis=-1)
   out_of_range = valid & ((labels < 0) | (labels >= logits.shape[-1]))
   nll = jnp.where(out_of_range, jnp.nan, nll)  # a label no logit stands for poisons the loss instead of hiding
   return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid)

@@ -164,8 +164,8 @@ def test_loss_depth_pair_and_its_deprecated_spelling(tiny_model):
 
 
 def test_cross_entropy_and_its_gradient_match_the_log_softmax_definition():
-  """hj.cross_entropy takes the label's logit as a masked sum (a cheaper gradient than a gather): it must stay the
-  mean of -log_softmax(logits)[label] over labels != -100, and have that gradient (softmax minus one-hot)."""
+  """hj.cross_entropy picks the label's log-probability as a masked sum (a cheaper gradient than a gather): it must
+  stay the mean of -log_softmax(logits)[label] over labels != -100, and have that gradient (softmax minus one-hot)."""
   rng = np.random.default_rng(3)
   logits = jnp.asarray(rng.normal(size=(2, 7, 50)) * 4, jnp.float32)
   labels = jnp.asarray(rng.integers(0, 50, (2, 7)), jnp.int32).at[0, 2].set(-100).at[1, 6].set(-100)
