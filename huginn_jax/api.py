@@ -195,8 +195,8 @@ def _nll_sum(logits: Array, labels: Array) -> tuple[Array, Array]:
   """(summed negative log-likelihood, count) over labels != -100, in float32."""
   valid = labels != IGNORE_INDEX
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  # The label's log-probability as a masked sum, not a gather: the same value and gradient to the bit, but the
-  # gradient is a select instead of a scatter into a zero [.., vocab] array (benchmarks/loss_head.py).
+  # The label's log-probability as a masked sum, not a gather: the same per-token value and gradient to the bit,
+  # but the gradient is a select instead of a scatter into a zero [.., vocab] array (benchmarks/loss_head.py).
   nll = -jnp.sum(jnp.where(jnp.arange(logp.shape[-1]) == labels[..., None], logp, 0.0), axis=-1)
   out_of_range = valid & ((labels < 0) | (labels >= logits.shape[-1]))
   nll = jnp.where(out_of_range, jnp.nan, nll)  # a label no logit stands for poisons the loss instead of hiding

@@ -11,11 +11,13 @@ import functools
 from typing import Any, Callable, Protocol
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
 
 # Attention backends live in huginn_jax.attention; re-exported here, where callers first found them.
 from huginn_jax.attention import NEG_INF, causal_mask, dot_product_attention  # noqa: F401
+from huginn_jax.attention import _target_platform
 from huginn_jax.sharding import with_logical_constraint
 
 # Logical axis names of the activations (``huginn_jax.sharding`` maps them to mesh axes when a mesh is active).
@@ -39,20 +41,34 @@ class KVSlot(Protocol):
     heads-major, as a KV cache keeps them."""
 
 
+PROJECT_NAME = "project"  # the checkpoint name of project's 16-bit CPU products (the dots_* remat policies save it)
+
+
 def project(spec: str, x: Array, w: Array) -> Array:
   """``jnp.einsum(spec, x, w)`` with the weight cast to x's dtype, the result in x's dtype: every weight matmul of
   the model goes through it.
 
-  16-bit inputs on the CPU ask XLA for a float32 result, rounded to x's dtype once after: XLA CPU then runs its
-  bfloat16 GEMM kernels (twice its float32 rate on a CPU with AVX512-BF16), where asking for a bfloat16 result ran
-  them at the float32 rate (benchmarks/README.md, issue 15). The products accumulate in float32 either way. The
-  gradients are computed the same way.
+  16-bit inputs compiled for the CPU ask XLA for a float32 result, rounded to x's dtype once after: XLA CPU then runs
+  its bfloat16 GEMM kernels (twice its float32 rate on a CPU with AVX512-BF16), where asking for a bfloat16 result
+  ran them at the float32 rate (benchmarks/README.md, issue 15). The products accumulate in float32 either way; the
+  gradients are computed the same way (a custom VJP: reverse mode only, so ``jax.jvp`` of a 16-bit model on the CPU
+  is not available). Each index of ``spec`` must appear in two of its three terms, and ``...`` only in x's and the
+  output's.
   """
   w = w.astype(x.dtype)
+  (x_axes, w_axes), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  if "..." in w_axes:
+    raise ValueError(f"project({spec!r}): '...' may stand only for x's leading axes.")
   if "..." in spec:  # name the leading axes, as the gradient's einsums must
-    spec = spec.replace("...", "ABCDEFGH"[:x.ndim - len(spec.split(",")[0]) + 3])
-  if x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating) and jax.default_backend() == "cpu":
-    return _project_wide(spec, x, w)
+    lead = "ABCDEFGH"[:x.ndim - len(x_axes) + 3]
+    x_axes, out = x_axes.replace("...", lead), out.replace("...", lead)
+  terms = (x_axes, w_axes, out)
+  if any(sum(i in t for t in terms) != 2 for i in set("".join(terms))):
+    raise ValueError(f"project({spec!r}): every index must appear in exactly two of the three terms.")
+  spec = f"{x_axes},{w_axes}->{out}"
+  if (x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating)
+      and _target_platform(jax.sharding.get_abstract_mesh()) == "cpu"):
+    return checkpoint_name(_project_wide(spec, x, w), PROJECT_NAME)
   return jnp.einsum(spec, x, w)
 
 

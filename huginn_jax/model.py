@@ -21,7 +21,7 @@ import ml_collections
 from flax import nnx
 
 from huginn_jax import config as config_lib
-from huginn_jax.layers import EMBED_ACT, KVSlot, RMSNorm, SandwichBlock, normal, param, project
+from huginn_jax.layers import EMBED_ACT, PROJECT_NAME, KVSlot, RMSNorm, SandwichBlock, normal, param, project
 from huginn_jax.sharding import with_logical_constraint
 
 VOCAB_ACT = ("act_batch", "act_seq", "act_vocab")
@@ -137,8 +137,12 @@ class Huginn(nnx.Module):
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # project's 16-bit CPU products are a custom VJP, which the dots policies do not see as dots: saved by name.
+    "dots_saveable": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(PROJECT_NAME)),
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(PROJECT_NAME)),
     "everything_saveable": jax.checkpoint_policies.everything_saveable,
 }
 

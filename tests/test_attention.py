@@ -262,8 +262,9 @@ def test_auto_falls_back_to_xla_when_cudnn_refuses(monkeypatch):
 
 @pytest.mark.parametrize("impl", ["auto", "xla", "blocked", "pallas"])
 def test_heads_major_keys_give_the_same_attention(impl):
-  """A KV cache hands the attention keys and values [B, H, T, D]: the same result as [B, T, H, D], with a dense
-  decoding mask (queries shorter than keys) under every backend that runs on the CPU."""
+  """A KV cache hands the attention keys and values [B, H, T, D] with a dense decoding mask (queries shorter than
+  keys): every backend that runs on the CPU routes them to XLA's attention read as they lie, with the result of
+  [B, T, H, D] keys."""
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(2, 3, 4, 8)), jnp.float32)
   k, v = (jnp.asarray(rng.normal(size=(2, 7, 4, 8)), jnp.float32) for _ in range(2))

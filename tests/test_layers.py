@@ -39,3 +39,23 @@ def test_16_bit_inputs_ask_xla_for_a_float32_product_on_the_cpu():
 
   assert dots(x) and all("bf16>, tensor<8x16xbf16>) -> tensor<4x16xf32>" in line for line in dots(x)), dots(x)
   assert dots(x.astype(jnp.float32)) and not any("bf16" in line for line in dots(x.astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("policy,dots", [("dots_saveable", 3), ("dots_with_no_batch_dims_saveable", 3),
+                                         ("nothing_saveable", 4)])
+def test_the_dots_remat_policies_save_the_16_bit_products(policy, dots):
+  """On the CPU a 16-bit product is a custom VJP, which the dots policies do not see as a dot: saved by its name,
+  the backward recomputes nothing (1 forward + 2 gradient matmuls); nothing_saveable recomputes the forward one."""
+  from huginn_jax import model
+  from jaxpr_walk import eqns
+  x, w = jnp.ones((4, 8), jnp.bfloat16), jnp.ones((8, 16), jnp.float32)
+  f = jax.checkpoint(lambda x, w: jnp.sum(jnp.tanh(layers.project("md,dn->mn", x, w).astype(jnp.float32))),
+                     policy=model.REMAT_POLICIES[policy])
+  jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, w).jaxpr
+  assert sum(eqn.primitive.name == "dot_general" for eqn, _ in eqns(jaxpr)) == dots
+
+
+@pytest.mark.parametrize("spec", ["bsd,de->be", "md,...dn->mn", "bij,bjk->bik"])
+def test_specs_whose_gradient_einsums_would_not_exist_are_refused(spec):
+  with pytest.raises(ValueError, match="project"):
+    layers.project(spec, jnp.ones((2, 3, 4)), jnp.ones((4, 5)))

@@ -198,12 +198,15 @@ def test_latest_m4_reads_each_token_at_its_last_step_of_the_same_layer():
   layout = cache_lib.cache_layout("latest-m4", config, 4)
   cache = cache_lib.init_cache(layout, config, batch=1, max_len=4)
   ids = jnp.arange(layout.n_slots, dtype=jnp.float32)[:, None, None, None, None]
-  cache = cache.replace(k_store=cache.k_store + ids, v_store=cache.v_store - ids, depth=jnp.array([[4, 1, 2, 3]]))
+  pos = 1000 * jnp.arange(4, dtype=jnp.float32)[None, None, None, :, None]  # [slots, B, H, T, D]: T is axis 3
+  cache = cache.replace(k_store=cache.k_store + ids + pos, v_store=cache.v_store - ids,
+                        depth=jnp.array([[4, 1, 2, 3]]))
   for step in range(4):
     k, v = cache_lib.read_core_kv(cache, layout, step, 1)
-    expected = [layout.core_slot(min(step, d - 1), 1) for d in (4, 1, 2, 3)]
-    np.testing.assert_array_equal(np.asarray(k)[0, 0, :, 0], expected)
-    np.testing.assert_array_equal(np.asarray(v)[0, 0, :, 0], -np.array(expected))
+    expected = np.array([layout.core_slot(min(step, d - 1), 1) for d in (4, 1, 2, 3)])
+    for head in range(k.shape[1]):  # every head reads its own row of each token's entry
+      np.testing.assert_array_equal(np.asarray(k)[0, head, :, 0], expected + 1000 * np.arange(4))
+    np.testing.assert_array_equal(np.asarray(v)[0, 0, :, 0], -expected)
 
 
 def test_16_bit_caches_are_stored_as_bits_and_read_back_exactly():
