@@ -297,10 +297,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "
 
   Heads-major keys come with the dense masks of decoding, which every backend but cuDNN computes with XLA anyway:
   XLA reads them as they lie; cuDNN gets them swapped to [B,T,H,D]."""
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"Unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}.")
   if _check_kv_layout(kv_layout) == "bhtd":
     if impl != "cudnn":
-      if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"Unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}.")
       return xla_attention(q, k, v, mask, kv_layout)
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   if impl == "auto":
@@ -311,6 +311,4 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask=None, impl: str = "
     return cudnn_attention(q, k, v, mask)
   if impl == "pallas":
     return pallas_attention(q, k, v, mask)
-  if impl == "blocked":
-    return blocked_attention(q, k, v, mask)
-  raise ValueError(f"Unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}.")
+  return blocked_attention(q, k, v, mask)

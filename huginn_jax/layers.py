@@ -56,7 +56,7 @@ def project(spec: str, x: Array, w: Array) -> Array:
   output's.
   """
   w = w.astype(x.dtype)
-  (x_axes, w_axes), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  x_axes, w_axes, out = _terms(spec)
   if "..." in w_axes:
     raise ValueError(f"project({spec!r}): '...' may stand only for x's leading axes.")
   if "..." in spec:  # name the leading axes, as the gradient's einsums must
@@ -72,6 +72,13 @@ def project(spec: str, x: Array, w: Array) -> Array:
   return jnp.einsum(spec, x, w)
 
 
+def _terms(spec: str) -> tuple[str, str, str]:
+  """The x, w and output terms of an einsum spec "x,w->out"."""
+  inputs, out = spec.split("->")
+  x_axes, w_axes = inputs.split(",")
+  return x_axes, w_axes, out
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _project_wide(spec: str, x: Array, w: Array) -> Array:
   return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(x.dtype)
@@ -83,8 +90,7 @@ def _project_wide_fwd(spec, x, w):
 
 def _project_wide_bwd(spec, residuals, grad):
   x, w = residuals
-  inputs, out = spec.split("->")
-  x_axes, w_axes = inputs.split(",")
+  x_axes, w_axes, out = _terms(spec)
   return _project_wide(f"{out},{w_axes}->{x_axes}", grad, w), _project_wide(f"{x_axes},{out}->{w_axes}", x, grad)
 
 
